@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.analytic import throughput_curve
 from fedsim.errors import ScenarioError
-from fedsim.optimize.objective import OBJECTIVES, BoundConstants, GroupNetwork, Objective
+from fedsim.optimize.objective import OBJECTIVES, BoundConstants, GroupNetwork, Objective, mva_forward
 from fedsim.optimize.solver import Optimum, optimise
 from fedsim.scenario import ClientGroup, Horizon, Scenario, check_int, check_mapping, check_number
 
@@ -71,7 +70,8 @@ class OptimizationSpec:
         return BoundConstants(A=self.A, L=self.L, S=self.S, eta=self.eta)
 
     def objective_named(self, name: str, budget: float | None = None) -> Objective:
-        """The objective ``name`` with this section's ``updates`` or ``budget`` (or ``budget``)."""
+        """The objective ``name`` with this section's ``updates`` (per-update) or ``budget``
+        (wall-clock; the argument ``budget`` replaces it)."""
         if name == "per-update":
             return Objective.per_update(self.updates)
         return Objective.wall_clock(self.budget if budget is None else budget)
@@ -107,7 +107,7 @@ def parse_optimization(raw: Any, groups: tuple[ClientGroup, ...], horizon: Horiz
     updates = check_number(section["updates"], f"{path}.updates", positive=True) if "updates" in section else None
     if budget is None or updates is None:
         network = group_network(groups)
-        baseline = float(throughput_curve(network.per_client(network.mu), np.full(n, 1.0 / n), n)[-1])
+        baseline = float(mva_forward(network, network.uniform(), n)[0][-1])  # uniform routing, C = n
         if budget is None and horizon.time is not None:
             budget = horizon.time
         elif budget is None:
