@@ -9,12 +9,15 @@ update made by a task dispatched at counter s and applied at counter t (before t
 is tau = t - s: the number of other updates applied between its dispatch and its own
 (Alahyane et al. 2025, §2; Leconte et al. 2024).
 
-Each client is an event-driven SimPy station: the end of every service is a SimPy ``Timeout``
-event in the shared ``simpy.Environment``, and its callback hands the task to the server.
-That is one event and one callback per task, which keeps the engine within a small factor of
-a bare event loop (benchmarks/bench_engine.py); a generator process per client costs a
-second event and a generator resume whenever an idle client is woken, and measured at about
-0.2 of the bare loop's speed where this design reaches about 0.4.
+Each client is an event-driven SimPy station: the end of its current service is a SimPy
+event in the shared ``simpy.Environment``, scheduled after the drawn service time, whose
+callback applies the update and dispatches the next task. A client has at most one service
+in progress, so it owns one event object and re-arms it for every service instead of
+allocating a ``Timeout`` each time (same place in SimPy's schedule, so the same sample path).
+That is one scheduled event and one callback per update, which keeps the engine within a
+small factor of a bare event loop (benchmarks/bench_engine.py); a generator process per
+client with a ``Store`` queue costs several events and generator resumes per task, and runs
+at about a third of this design's speed.
 
 The engine only moves tasks. What is observed attaches to it as observers:
 
@@ -31,12 +34,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from heapq import heappush
 from typing import Any, Protocol
 
 import numpy as np
 import simpy
-from simpy.core import URGENT
-from simpy.events import Timeout
+from simpy.core import NORMAL, URGENT
 
 from fedsim.distributions import ServiceDistribution
 from fedsim.scenario import Scenario, Streams
@@ -49,15 +53,16 @@ class Task:
     """A model sent to a client: who serves it, and the update index and time of dispatch.
 
     ``payload`` is free for observers (for example the model version the task carries).
+    The engine fills the fields one by one on a bare instance (``object.__new__``), which
+    spares a Python ``__init__`` call per update.
     """
 
     __slots__ = ("client", "dispatch_update", "dispatch_time", "payload")
 
-    def __init__(self, client: int, dispatch_update: int, dispatch_time: float) -> None:
-        self.client = client
-        self.dispatch_update = dispatch_update
-        self.dispatch_time = dispatch_time
-        self.payload: Any = None
+    client: int
+    dispatch_update: int
+    dispatch_time: float
+    payload: Any
 
 
 @dataclass(frozen=True)
@@ -120,31 +125,23 @@ def routing_draws(p: np.ndarray, rng: np.random.Generator) -> Callable[[], int]:
 class Client:
     """A FIFO station: serves its queue in order, one task at a time.
 
-    The task at the head of the queue is in service; the end of its service is a SimPy
-    ``Timeout`` whose callback (:meth:`_finish`) starts the next service and hands the task
-    to the server.
+    The task at the head of the queue is in service. ``done`` is the SimPy event that fires
+    at the end of that service, with ``on_done`` (the engine's completion handler) as its
+    callback list. It is re-armed for every service, which is safe because a client never has
+    two services in progress and SimPy detaches the list before calling it.
     """
 
-    __slots__ = ("index", "queue", "next_service", "env", "_finish_cb", "_server")
+    __slots__ = ("index", "queue", "next_service", "done", "on_done")
 
-    def __init__(self, engine: Engine, index: int, next_service: Callable[[], float]) -> None:
+    def __init__(self, env: simpy.Environment, index: int, next_service: Callable[[], float]) -> None:
         self.index = index
         self.queue: deque[Task] = deque()
         self.next_service = next_service
-        self.env = engine.env
-        self._server = engine.complete
-        self._finish_cb = self._finish
-
-    def start_service(self) -> None:
-        """Serve the task at the head of the queue: its completion is a Timeout event."""
-        Timeout(self.env, self.next_service()).callbacks.append(self._finish_cb)
-
-    def _finish(self, _event: simpy.Event) -> None:
-        queue = self.queue
-        task = queue.popleft()
-        if queue:
-            self.start_service()
-        self._server(task)
+        self.done = simpy.Event(env)
+        # A succeeded event with no value: what a Timeout is when it fires.
+        self.done._ok = True
+        self.done._value = None
+        self.on_done: list[Callable[[simpy.Event], None]] = []
 
 
 class Engine:
@@ -168,7 +165,9 @@ class Engine:
         blocks = np.clip(np.rint(p * ROUTING_BLOCK), 16, 4096).astype(int)
         rngs = streams.per_client("service", n)
         laws = scenario.services()
-        self.clients = [Client(self, i, service_times(laws[i], rngs[i], int(blocks[i]))) for i in range(n)]
+        self.clients = [Client(self.env, i, service_times(laws[i], rngs[i], int(blocks[i]))) for i in range(n)]
+        for client in self.clients:
+            client.on_done.append(partial(self._complete, client))
         self._route = routing_draws(p, streams.generator("routing"))
         self._stop = self.env.event()
         self._limit = scenario.horizon.updates
@@ -176,27 +175,48 @@ class Engine:
         self._records: tuple[list[Any], ...] = ([], [], [], [])
         self._record = tuple(column.append for column in self._records)
         self._first_update = 0
+        self._next_flush = RECORD_CHUNK
 
     def _hooks(self, name: str) -> list[Callable[..., None]]:
         return [getattr(o, name) for o in self.observers if hasattr(o, name)]
 
     def dispatch(self, now: float) -> None:
-        """Send a new task, carrying the current model (index ``updates``), to a random client."""
+        """Send a new task, carrying the current model (index ``updates``), to a random client.
+
+        A client that was idle starts serving it at once.
+        """
         j = self._route()
-        task = Task(j, self.updates, now)
+        task = object.__new__(Task)
+        task.client = j
+        task.dispatch_update = self.updates
+        task.dispatch_time = now
+        task.payload = None
         for hook in self._dispatch_hooks:
             hook(task)
         client = self.clients[j]
         queue = client.queue
         queue.append(task)
         if len(queue) == 1:
-            Timeout(self.env, client.next_service()).callbacks.append(client._finish_cb)
+            # Start its service: ``env.schedule(done, NORMAL, service time)``, inlined (the
+            # same push onto SimPy's event queue) as it runs about once per update.
+            env = self.env
+            done = client.done
+            done.callbacks = client.on_done
+            heappush(env._queue, (env._now + client.next_service(), NORMAL, next(env._eid), done))
 
-    def complete(self, task: Task) -> None:
-        """Apply the update of a completed task, then dispatch the next task."""
-        now = self.env._now
-        client, dispatch_update, dispatch_time, completion_time = self._record
-        client(task.client)
+    def _complete(self, client: Client, _event: simpy.Event) -> None:
+        """End of ``client``'s service: it starts its next task, the server applies the update
+        of the finished one and dispatches a new task. (The hot path: kept in one function.)"""
+        env = self.env
+        now = env._now
+        queue = client.queue
+        task = queue.popleft()
+        if queue:  # the next task starts its service, as in dispatch()
+            done = client.done
+            done.callbacks = client.on_done
+            heappush(env._queue, (now + client.next_service(), NORMAL, next(env._eid), done))
+        record_client, dispatch_update, dispatch_time, completion_time = self._record
+        record_client(task.client)
         dispatch_update(task.dispatch_update)
         dispatch_time(task.dispatch_time)
         completion_time(now)
@@ -208,9 +228,10 @@ class Engine:
             # Stop before any other completion at this same instant is processed.
             self._stop._ok = True
             self._stop._value = None
-            self.env.schedule(self._stop, URGENT)
-        if len(self._records[0]) == RECORD_CHUNK:
+            env.schedule(self._stop, URGENT)
+        if update == self._next_flush:
             self._flush_records()
+            self._next_flush = update + RECORD_CHUNK
         self.dispatch(now)
 
     def _flush_records(self) -> None:
