@@ -50,13 +50,24 @@ class ProgressBar:
         self.bar.close()
 
 
+class StepProgressBar(ProgressBar):
+    """A :class:`ProgressBar` that also advances at every completion, for runs whose updates
+    are slow (real training): the chunks of completion records come too rarely there, and a
+    call per update costs nothing next to a gradient step. (tqdm throttles the redraws.)"""
+
+    def on_complete(self, _task: object, update: int, now: float) -> None:
+        bar = self.bar
+        bar.update((update + 1 if self.by_updates else min(now, bar.total)) - bar.n)
+
+
 def simulate(scenario: Scenario, *, observers: Iterable[object] = (), trace: Path | None = None,
              progress: bool = False) -> RunResult:
     """Simulate ``scenario`` to its horizon with a tracker (and any extra observers).
 
-    ``trace`` writes one Parquet row per completed task; ``progress`` shows a bar on stderr.
+    ``trace`` writes one Parquet row per completed task; ``progress`` shows a bar on stderr,
+    advanced per update when the scenario trains a model and per chunk of records otherwise.
     """
-    bar = ProgressBar(scenario) if progress else None
+    bar = (StepProgressBar if scenario.training is not None else ProgressBar)(scenario) if progress else None
     tracker = Tracker(scenario)
     extra = [o for o in (bar, TraceWriter(trace) if trace is not None else None) if o is not None]
     start = time.perf_counter()

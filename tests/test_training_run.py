@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from fedsim.cli import main
+from fedsim.engine import Engine
+from fedsim.run import ProgressBar, StepProgressBar
+from fedsim.scenario import parse_scenario
 from fedsim.training.checkpoint import FILENAME
 
 BASE = {
@@ -59,6 +62,24 @@ def test_run_folder_gains_the_learning_curve_and_accuracy(write_yaml, tmp_path, 
     assert (clients["data_size"] >= 1).all()
     state = torch.load(out / "model.pt")
     assert [tuple(v.shape) for v in state.values()] == [(6, 8), (6,), (4, 6), (4,)]
+
+
+@pytest.mark.parametrize(("bar_class", "expected"), [
+    (StepProgressBar, list(range(1, 901))),  # training runs: the bar follows every update
+    (ProgressBar, [0] * 900),                # engine-only runs: it moves per chunk of 65,536
+])
+def test_progress_bar_granularity(bar_class, expected):
+    scenario = parse_scenario(BASE)
+    progress = bar_class(scenario)
+    seen = []
+
+    class Probe:
+        def on_complete(self, task, update, now):
+            seen.append(progress.bar.n)
+
+    Engine(scenario, [progress, Probe()]).run()
+    progress.close()
+    assert seen == expected
 
 
 def test_training_leaves_the_queueing_sample_path_unchanged(write_yaml, tmp_path):
