@@ -17,7 +17,7 @@ allocating a ``Timeout`` each time (same place in SimPy's schedule, so the same 
 That is one scheduled event and one callback per update, which keeps the engine within a
 small factor of a bare event loop (benchmarks/bench_engine.py); a generator process per
 client with a ``Store`` queue costs several events and generator resumes per task, and runs
-at about a third of this design's speed.
+at about a quarter of this design's speed (0.11 against 0.42 of the bare loop).
 
 The engine only moves tasks. What is observed attaches to it as observers:
 
