@@ -153,10 +153,10 @@ def main() -> None:
     scenario = bench_scenario(args.updates)
     rows = {"fedsim": [], "bare": [], "naive_simpy": []}
     ratios, naive_ratios = [], []
+    # Each repeat times a fedsim/bare pair back to back (alternating which goes first), so a
+    # slow spell of the machine hits both sides of the ratio alike.
+    pair = (("fedsim", run_fedsim), ("bare", run_bare))
     for repeat in range(args.repeats):
-        # Each repeat times a fedsim/bare pair back to back (alternating which goes first), so
-        # a slow spell of the machine hits both sides of the ratio alike.
-        pair = (("fedsim", run_fedsim), ("bare", run_bare))
         for name, fn in pair if repeat % 2 == 0 else pair[::-1]:
             rows[name].append(args.updates / fn(scenario))
         ratios.append(rows["fedsim"][-1] / rows["bare"][-1])

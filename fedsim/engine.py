@@ -17,7 +17,7 @@ allocating a ``Timeout`` each time (same place in SimPy's schedule, so the same 
 That is one scheduled event and one callback per update, which keeps the engine within a
 small factor of a bare event loop (benchmarks/bench_engine.py); a generator process per
 client with a ``Store`` queue costs several events and generator resumes per task, and runs
-at about a quarter of this design's speed (0.11 against 0.42 of the bare loop).
+at about a quarter of this design's speed (0.11 against 0.40 of the bare loop).
 
 The engine only moves tasks. What is observed attaches to it as observers:
 
@@ -126,14 +126,15 @@ class Client:
     """A FIFO station: serves its queue in order, one task at a time.
 
     The task at the head of the queue is in service. ``done`` is the SimPy event that fires
-    at the end of that service, with ``on_done`` (the engine's completion handler) as its
-    callback list. It is re-armed for every service, which is safe because a client never has
+    at the end of that service, with ``on_done`` as its callback list: ``finish(client,
+    event)``, the engine's completion handler, bound to this client. It is re-armed for every service, which is safe because a client never has
     two services in progress and SimPy detaches the list before calling it.
     """
 
     __slots__ = ("index", "queue", "next_service", "done", "on_done")
 
-    def __init__(self, env: simpy.Environment, index: int, next_service: Callable[[], float]) -> None:
+    def __init__(self, env: simpy.Environment, index: int, next_service: Callable[[], float],
+                 finish: Callable[[Client, simpy.Event], None]) -> None:
         self.index = index
         self.queue: deque[Task] = deque()
         self.next_service = next_service
@@ -141,7 +142,7 @@ class Client:
         # A succeeded event with no value: what a Timeout is when it fires.
         self.done._ok = True
         self.done._value = None
-        self.on_done: list[Callable[[simpy.Event], None]] = []
+        self.on_done = [partial(finish, self)]
 
 
 class Engine:
@@ -165,9 +166,8 @@ class Engine:
         blocks = np.clip(np.rint(p * ROUTING_BLOCK), 16, 4096).astype(int)
         rngs = streams.per_client("service", n)
         laws = scenario.services()
-        self.clients = [Client(self.env, i, service_times(laws[i], rngs[i], int(blocks[i]))) for i in range(n)]
-        for client in self.clients:
-            client.on_done.append(partial(self._complete, client))
+        self.clients = [Client(self.env, i, service_times(laws[i], rngs[i], int(blocks[i])), self._complete)
+                        for i in range(n)]
         self._route = routing_draws(p, streams.generator("routing"))
         self._stop = self.env.event()
         self._limit = scenario.horizon.updates
@@ -175,7 +175,6 @@ class Engine:
         self._records: tuple[list[Any], ...] = ([], [], [], [])
         self._record = tuple(column.append for column in self._records)
         self._first_update = 0
-        self._next_flush = RECORD_CHUNK
 
     def _hooks(self, name: str) -> list[Callable[..., None]]:
         return [getattr(o, name) for o in self.observers if hasattr(o, name)]
@@ -229,9 +228,8 @@ class Engine:
             self._stop._ok = True
             self._stop._value = None
             env.schedule(self._stop, URGENT)
-        if update == self._next_flush:
+        if len(self._records[0]) == RECORD_CHUNK:
             self._flush_records()
-            self._next_flush = update + RECORD_CHUNK
         self.dispatch(now)
 
     def _flush_records(self) -> None:
