@@ -200,9 +200,8 @@ def staleness_distribution_figure(results: Path, df: pd.DataFrame, cell: str) ->
     summary = json.loads((folder / SUMMARY_FILE).read_text())
     trace = pd.read_parquet(folder / "trace.parquet", columns=["client", "apply_update", "staleness",
                                                                "completion_time"])
-    horizon = summary["scenario"]["horizon"]
-    in_window = (trace["apply_update"] >= horizon["warmup"]) if "updates" in horizon \
-        else (trace["completion_time"] >= horizon["warmup"])
+    first = summary["window_first_update"]  # the statistics window: updates from this index on
+    in_window = trace["apply_update"] >= first
     rows = df[df["cell"] == cell].sort_values("client")
     group_of = rows["group"].to_numpy()
     data = pd.DataFrame({"group": group_of[trace.loc[in_window, "client"].to_numpy()],
@@ -235,7 +234,7 @@ def staleness_distribution_figure(results: Path, df: pd.DataFrame, cell: str) ->
              ylabel="fraction of the group's updates ≤ x", title="empirical CDF per group (dotted: analytical mean)")
     fig.suptitle(f"{summary['scenario']['name']}: staleness distribution per group in one cell\n"
                  + cell.replace("__", ", "), fontsize=12)
-    _note(fig, f"{len(data):,} updates of the statistics window (after a warm-up of {horizon['warmup']:g}); "
+    _note(fig, f"{len(data):,} updates of the statistics window (after a warm-up of {first:,} updates); "
                "from the cell's trace.parquet, one row per applied update")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

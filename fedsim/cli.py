@@ -82,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra = training.finish() if training else None
     write_run(result, out, extra=extra, columns=training.client_columns() if training else None)
     s = summary(result)
+    if s["warning"]:
+        print(f"warning: {s['warning']}", file=sys.stderr)
     print(f"{scenario.name}: {s['updates']} updates in {s['sim_time']:.6g} time units "
           f"({s['wall_seconds']:.2f} s wall); results in {out}")
     print(f"throughput {_fmt(s['throughput_sim'], s['throughput_ci'])} (analytic {s['throughput_analytic']:.4g}); "

@@ -8,7 +8,10 @@ half-width of the batch-means confidence interval at the scenario's level.
 
 ``summary.json`` holds the scenario as parsed, the seed, the fedsim version, ``exact`` (every
 service exponential, so the analytical values are exact), the run totals and the simulated
-and analytical throughput and mean staleness, with per-group figures.
+and analytical throughput and mean staleness, with per-group figures, and how the statistics
+were made: the window (``window_first_update``, the warm-up method and its MSER truncation
+points, ``stationary`` and why not), the batch means' independence test (``batch_test_*``)
+and ``warning``, the reasons not to trust the intervals (null when there are none).
 
 Every file is written to a temporary name and renamed, and ``summary.json`` is written last:
 a folder with a ``summary.json`` is complete.
@@ -133,6 +136,22 @@ def summary(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str,
         "confidence": s.statistics.confidence,
         "batches": st.batches,
         "batch_size": st.batch_size,
+        "window_first_update": st.window_first_update,
+        "warmup_method": st.warmup.method,
+        "warmup_resolution": st.warmup.resolution,
+        "warmup_staleness_point": st.warmup.staleness_point,
+        "warmup_throughput_point": st.warmup.throughput_point,
+        "stationary": st.warmup.stationary,
+        "stationary_reason": st.warmup.reason,
+        "batch_test_level": st.batch_test.level,
+        "batch_test_passed": st.batch_test.passed,
+        "batch_test_batch_size": st.batch_test.batch_size,
+        "batch_test_batches": st.batch_test.batches,
+        "batch_test_statistic": st.batch_test.statistic,
+        "batch_test_critical": st.batch_test.critical,
+        "batch_test_series": st.batch_test.series,
+        "quantile_first_update": st.quantile_first_update,
+        "warning": st.warning,
         "throughput_sim": st.throughput,
         "throughput_ci": st.throughput_ci,
         "throughput_analytic": an.throughput,
@@ -164,7 +183,8 @@ def write_run(result: RunResult, out: Path, *, plots: bool = True, extra: dict[s
         from fedsim.plots import staleness_figure
 
         fig = staleness_figure(table, title=f"{result.scenario.name}: staleness, simulated vs analytical"
-                               + ("" if result.scenario.exact else " (product-form approximation)"))
+                               + ("" if result.scenario.exact else " (product-form approximation)"),
+                               warning=result.stats.warning)
         atomic_write(out / "staleness.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
         plt.close(fig)
     write_json(out / "summary.json", summary(result, extra))

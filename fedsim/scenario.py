@@ -8,7 +8,7 @@ in README.md; in short::
     name: two-speeds
     seed: 7
     concurrency: 10
-    horizon: {updates: 200000, warmup: 10000}      # or {time: 5000.0, warmup: 500.0}
+    horizon: {updates: 200000}                     # or {time: 5000.0}; warmup: auto (default) or fixed
     routing: uniform                               # uniform | proportional | weights
     statistics: {batches: 20, confidence: 0.95}    # optional
     server: {service: {dist: exponential, rate: 40.0}}        # optional; absent = instantaneous
@@ -52,7 +52,7 @@ GROUP_FIELDS = ("group", "count", "service", "routing_weight", "downlink", "upli
 LINKS = ("downlink", "uplink")
 STATION_KINDS = ("fifo", "delay")
 DEFAULT_LINK_KIND = "delay"
-DEFAULT_WARMUP_FRACTION = 0.1
+WARMUP_AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,14 @@ class Horizon:
 
     Exactly one of ``updates`` (stop after that many applied updates) and ``time`` (stop at
     that simulated time) is set. ``warmup`` is in the same unit: updates whose index is below
-    it, or that complete before that time, are left out of every statistic.
+    it, or that complete before that time, are left out of every statistic. ``None`` (the
+    default, ``warmup: auto``) lets the tracker choose the warm-up from the run itself
+    (MSER-5, :mod:`fedsim.outputanalysis`).
     """
 
     updates: int | None
     time: float | None
-    warmup: float
+    warmup: float | None
 
 
 @dataclass(frozen=True)
@@ -212,10 +214,10 @@ class Scenario:
     def to_dict(self) -> dict[str, Any]:
         """The scenario as parsed, defaults filled in, in the YAML schema (for summary.json)."""
         horizon: dict[str, Any]
-        if self.horizon.updates is not None:
-            horizon = {"updates": self.horizon.updates, "warmup": int(self.horizon.warmup)}
-        else:
-            horizon = {"time": self.horizon.time, "warmup": self.horizon.warmup}
+        h = self.horizon
+        warmup = WARMUP_AUTO if h.warmup is None else int(h.warmup) if h.updates is not None else h.warmup
+        horizon = {"updates": h.updates} if h.updates is not None else {"time": h.time}
+        horizon["warmup"] = warmup
         out: dict[str, Any] = {
             "name": self.name,
             "seed": self.seed,
@@ -236,15 +238,19 @@ def _parse_horizon(raw: Any) -> Horizon:
     h = check_mapping(raw, "horizon", ("updates", "time", "warmup"))
     if ("updates" in h) == ("time" in h):
         raise ScenarioError("horizon", "give exactly one of updates (an integer) or time (a number)")
+    raw_warmup = h.get("warmup", WARMUP_AUTO)
+    if isinstance(raw_warmup, str) and raw_warmup != WARMUP_AUTO:
+        raise ScenarioError("horizon.warmup", f"must be {WARMUP_AUTO} or a number below the horizon, got {raw_warmup!r}")
+    auto = raw_warmup == WARMUP_AUTO
     if "updates" in h:
         updates = check_int(h["updates"], "horizon.updates", 1)
-        warmup = check_int(h.get("warmup", int(DEFAULT_WARMUP_FRACTION * updates)), "horizon.warmup", 0)
-        if warmup >= updates:
+        warmup = None if auto else check_int(raw_warmup, "horizon.warmup", 0)
+        if warmup is not None and warmup >= updates:
             raise ScenarioError("horizon.warmup", f"must be below horizon.updates ({updates}), got {warmup}")
         return Horizon(updates=updates, time=None, warmup=warmup)
     time = check_number(h["time"], "horizon.time", positive=True)
-    warmup_t = check_number(h.get("warmup", DEFAULT_WARMUP_FRACTION * time), "horizon.warmup", low=0.0)
-    if warmup_t >= time:
+    warmup_t = None if auto else check_number(raw_warmup, "horizon.warmup", low=0.0)
+    if warmup_t is not None and warmup_t >= time:
         raise ScenarioError("horizon.warmup", f"must be below horizon.time ({time}), got {warmup_t}")
     return Horizon(updates=None, time=time, warmup=warmup_t)
 

@@ -1,29 +1,48 @@
 """Streaming statistics of a run: staleness, sojourn, queue lengths and throughput.
 
 The tracker is an engine observer of completion records: every chunk of completions
-(:class:`~fedsim.engine.CompletionRecords`) is folded, vectorised, into running sums, integer
-histograms and batch sums, then dropped, so memory does not grow with the number of updates
-(it grows with n and with the largest staleness seen).
+(:class:`~fedsim.engine.CompletionRecords`) is folded, vectorised, into sums, then dropped.
+Its memory grows with the number of clients n, not with the number of updates, and its work
+per chunk is O(chunk log chunk) whatever n (docs/statistics.md has the details and the
+references).
 
-Statistics window. Updates whose index is below the warm-up (or that complete before the
-warm-up time) are discarded. The window opens at time t_w (the completion time of the last
-warm-up update, or the warm-up time) and closes at the end of the run T.
+What it keeps:
 
-Confidence intervals come from batch means (MODEL.md, "Statistics"): successive staleness
-values are strongly autocorrelated, so the window is cut into consecutive batches of b
-updates, and each mean is treated as a ratio estimator R = sum_b Y_b / sum_b X_b over the k
-full batches, with standard error
+- **slots**: the updates since the window's origin, cut into between ``slots / 2`` and
+  ``slots`` consecutive slots of b updates (b doubles, merging adjacent slots, when they
+  run out), and for every (slot, client) pair that occurs: the client's number of updates,
+  staleness sum and maximum, sojourn sum, and the time its tasks spent at it within the
+  slot's time span (sparse: a slot of b updates touches at most b clients; at most
+  ``slots`` x n pairs). Any window that starts on a slot boundary has exact per-client sums,
+  and batches are groups of consecutive slots.
+- **quantile sketches**: per client and per segment of consecutive slots, counts of
+  staleness in logarithmic buckets (:mod:`fedsim.sketch`: exact below 128, within a relative
+  0.54% above); segments merge when the sketches pass a memory budget.
+- **fine series** (when the warm-up is detected): the staleness sum and the completion time
+  of the last update of every batch of 5 updates (MSER-5), at most 16,384 of them (beyond,
+  adjacent batches merge: 10, 20, ... updates).
 
-    SE(R) = sqrt( sum_b (Y_b - R X_b)^2 / (k (k - 1)) ) / mean_b(X_b)
+The statistics window. With ``horizon.warmup`` fixed, the updates whose index is below it
+(or that complete before that time) are discarded and the window opens at the completion of
+the last warm-up update (or at the warm-up time). Otherwise (``warmup: auto``) the warm-up
+is chosen after the run by MSER-5 (:func:`~fedsim.outputanalysis.mser_truncation`) on the
+update-indexed staleness and on the time per update, the later of the two truncation
+points, rounded up to a slot boundary. When a truncation point falls in the second half of
+the run, the run is flagged as not stationary (and its window starts half-way).
 
-and half-width t_{k-1, (1+level)/2} SE(R) (the delta method for ratios; it handles batches in
-which a client completes nothing). The batch size starts small and doubles, merging adjacent
-batches, whenever the count reaches twice the requested number, so a run ends with between
-``batches`` and ``2 * batches - 1`` full batches whatever its length.
+Confidence intervals come from batch means of ratio estimators R = sum_b Y_b / sum_b X_b
+(:func:`~fedsim.outputanalysis.ratio_ci`). The batch size is chosen by testing: batches of
+1, 2, 4, ... slots are tried in turn while at least ``statistics.batches`` of them fit in
+the window, until the batch means pass von Neumann's test of independence (one-sided, family
+level 10%, Bonferroni over the throughput series and the staleness series of every client
+with at least one update per batch on average). The intervals then use the coarsest
+batching that keeps between ``batches`` and ``2 * batches - 1`` full batches, or the batch
+size that passed when it is larger. When no batch size passes, the run is flagged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +50,78 @@ import numpy as np
 from scipy import stats
 
 from fedsim.engine import CompletionRecords, Engine
+from fedsim.outputanalysis import (MSER_MIN_TAIL, VARIANCE_BATCHES, mser_truncation, ratio_ci, stationary_start,
+                                   von_neumann_critical, von_neumann_z)
 from fedsim.scenario import Scenario
+from fedsim.sketch import BUCKETS, bucket_of, sketch_quantiles
 
-FIRST_BATCH_SIZE = 64
+FINE_BATCH = 5  # updates per batch mean of MSER-5
+FINE_CAP = 1 << 14  # batch means kept for MSER; beyond, adjacent ones merge
+MAX_SLOTS, MIN_SLOTS = 512, 128  # slots per run: the most, and the fewest the memory budget may leave
+SLOT_ENTRY_BUDGET = 1 << 21  # (slot, client) rows before the number of slots halves
+TEST_BATCHES = 4  # the independence test needs at least this many times statistics.batches batches
+SKETCH_ENTRY_BUDGET = 1 << 21  # (segment, client, bucket) counts before segments merge
+TEST_LEVEL = 0.10  # family level of the independence test of the batch means
+STATIONARITY_LEVEL = 0.05  # family level of the stationarity test of the two series after truncation
+QUANTILES = (0.5, 0.9, 0.99)
+_PRESENCE = 3  # column of the time-at-client sums in the slot table
+
+
+class KeyedSums:
+    """Sums (and maxima) of value columns keyed by non-negative integers, folded in chunks.
+
+    Rows are appended as they come and compacted (sorted by key, one row per key) whenever the
+    pending rows outnumber the compacted ones, so memory stays within about twice the number
+    of distinct keys and each row is re-sorted O(log) times. Values are stored by column:
+    ``sums`` has shape (columns, rows).
+    """
+
+    MIN_PENDING = 1 << 18
+
+    def __init__(self, sums: int, maxima: int = 0) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.sums = np.zeros((sums, 0))
+        self.maxima = np.zeros((maxima, 0))
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, keys: np.ndarray, sums: np.ndarray, maxima: np.ndarray | None = None) -> None:
+        """Add rows: ``keys`` (need not be sorted nor distinct), ``sums`` and ``maxima`` of shape
+        (columns, rows)."""
+        self._pending.append((keys, sums, np.zeros((0, len(keys))) if maxima is None else maxima))
+        self._pending_rows += len(keys)
+        if self._pending_rows > max(self.MIN_PENDING, len(self.keys)):
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge the pending rows into the sorted table."""
+        if not self._pending:
+            return
+        keys = np.concatenate([self.keys] + [p[0] for p in self._pending])
+        sums = np.concatenate([self.sums] + [p[1] for p in self._pending], axis=1)
+        maxima = np.concatenate([self.maxima] + [p[2] for p in self._pending], axis=1)
+        self._pending, self._pending_rows = [], 0
+        if len(keys) == 0:
+            return
+        order = np.argsort(keys)
+        keys = keys[order]
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        self.keys = keys[first]
+        self.sums = np.add.reduceat(sums[:, order], first, axis=1)
+        self.maxima = np.maximum.reduceat(maxima[:, order], first, axis=1) if len(maxima) else maxima[:, first]
+
+    def rekey(self, f: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Replace every key k by f(k) (rows whose new keys coincide are combined)."""
+        self.compact()
+        keys, sums, maxima = f(self.keys), self.sums, self.maxima
+        self.keys, self.sums, self.maxima = keys[:0], sums[:, :0], maxima[:, :0]
+        self.add(keys, sums, maxima)
+        self.compact()
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, sums, maxima), sorted by key, one row per key; values by column."""
+        self.compact()
+        return self.keys, self.sums, self.maxima
 
 
 @dataclass(frozen=True)
@@ -43,14 +131,14 @@ class ClientStatistics:
     completions: np.ndarray
     staleness_mean: np.ndarray
     staleness_ci: np.ndarray  # half-width of the confidence interval (nan when not estimable)
-    staleness_p50: np.ndarray
+    staleness_p50: np.ndarray  # quantiles: exact below 128, within 0.54% above (fedsim.sketch)
     staleness_p90: np.ndarray
     staleness_p99: np.ndarray
     staleness_max: np.ndarray
     sojourn_mean: np.ndarray
     sojourn_ci: np.ndarray
     queue_mean: np.ndarray  # time-average number of tasks at the client (queued or in service)
-    queue_ci: np.ndarray  # batch means, each task's time in the window counted in its completion batch
+    queue_ci: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -60,6 +148,44 @@ class GroupStatistics:
     completions: np.ndarray
     staleness_mean: np.ndarray
     staleness_ci: np.ndarray
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """How the start of the statistics window was chosen.
+
+    ``method`` is ``mser-5`` (detected; ``fine_batch`` is the size of the batch means MSER
+    saw, 5 or more for long runs) or ``fixed`` (``horizon.warmup``; then ``stationary`` is
+    None: not assessed). ``staleness_point`` and ``throughput_point`` are the MSER truncation
+    points (update indices) of the two series; ``updates`` the update index where the window
+    starts, a multiple of ``resolution`` (the slot size) past the window's origin.
+    """
+
+    method: str
+    updates: int
+    resolution: int
+    stationary: bool | None = None
+    reason: str | None = None
+    staleness_point: int | None = None
+    throughput_point: int | None = None
+    fine_batch: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchTest:
+    """Von Neumann's test of independence of the batch means, at the batch size that passed
+    (``passed``) or at the last one tried. ``statistic`` is the largest standardised statistic
+    over the ``series`` tested, ``critical`` its one-sided Bonferroni critical value at family
+    level ``level``."""
+
+    level: float
+    passed: bool
+    batch_size: int | None
+    batches: int
+    statistic: float
+    critical: float
+    series: int
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,31 +204,21 @@ class RunStatistics:
     batch_size: int
     clients: ClientStatistics
     groups: GroupStatistics
+    warmup: Warmup
+    batch_test: BatchTest
+    window_first_update: int  # update index where the window starts
+    quantile_first_update: int  # ... and where the quantiles' window starts (a segment boundary)
 
+    @property
+    def stationary(self) -> bool | None:
+        """False when the warm-up detection says the run is shorter than its transient."""
+        return self.warmup.stationary
 
-def ratio_ci(y: np.ndarray, x: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Batch-means ratio estimate sum(y)/sum(x) and its CI half-width along axis 0.
-
-    ``y`` and ``x`` hold one row per batch. Returns (R, half-width); nan where sum(x) = 0 or
-    fewer than two batches.
-    """
-    k = y.shape[0]
-    sx = x.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = y.sum(axis=0) / sx
-        if k < 2:
-            return r, np.full_like(r, np.nan, dtype=float)
-        resid = y - r * x
-        se = np.sqrt((resid**2).sum(axis=0) / (k * (k - 1))) / (sx / k)
-    return r, stats.t.ppf(0.5 + level / 2, k - 1) * se
-
-
-def histogram_quantile(hist: np.ndarray, q: float) -> float:
-    """Smallest value s with P(S <= s) >= q, from counts ``hist[s]`` (inverted-CDF quantile)."""
-    cdf = np.cumsum(hist)
-    if cdf.size == 0 or cdf[-1] == 0:
-        return float("nan")
-    return float(np.searchsorted(cdf, q * cdf[-1], side="left"))
+    @property
+    def warning(self) -> str | None:
+        """Why the intervals are not to be trusted (None when nothing is wrong)."""
+        reasons = [r for r in (self.warmup.reason, self.batch_test.reason) if r]
+        return "; ".join(reasons) or None
 
 
 class TraceWriter:
@@ -133,6 +249,30 @@ class TraceWriter:
         self._writer.close()
 
 
+@dataclass(frozen=True)
+class _Batches:
+    """Per-(client, batch) sums over k batches, rows sorted by (client, batch), and the
+    duration of every batch."""
+
+    k: int
+    client: np.ndarray
+    batch: np.ndarray
+    sums: np.ndarray  # rows: updates, staleness, sojourn, time at the client (shape 4 x rows)
+    duration: np.ndarray
+
+
+def _residual_sums(client: np.ndarray, batch: np.ndarray, e: np.ndarray, k: int,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+    """sum_b e_b^2 and sum_{b<k-1} (e_{b+1} - e_b)^2 per client, for series given by their
+    non-zero rows (sorted by client, then batch; e_b = 0 in every batch without a row)."""
+    sq = np.bincount(client, weights=e * e, minlength=n)
+    # e_b enters the differences once with each neighbour inside 0..k-1
+    neighbours = 2.0 - (batch == 0) - (batch == k - 1)
+    adjacent = (client[1:] == client[:-1]) & (batch[1:] == batch[:-1] + 1)
+    cross = np.bincount(client[1:][adjacent], weights=(e[1:] * e[:-1])[adjacent], minlength=n)
+    return sq, np.bincount(client, weights=e * e * neighbours, minlength=n) - 2.0 * cross
+
+
 class Tracker:
     """Engine observer folding completion records into the statistics of :class:`RunStatistics`."""
 
@@ -144,151 +284,362 @@ class Tracker:
         self.horizon = scenario.horizon
         self.level = scenario.statistics.confidence
         self.min_batches = scenario.statistics.batches
-        self.window_start = 0.0 if self.horizon.warmup == 0 else None
-        self.window_first_update: int | None = None
-        # running sums over the window
-        self.count = np.zeros(n, dtype=np.int64)
-        self.stale_sum = np.zeros(n)
-        self.sojourn_sum = np.zeros(n)
-        self.area = np.zeros(n)
-        self.hist: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(n)]
-        # batch sums: rows are batches of ``batch_size`` window updates
-        self.batch_size = FIRST_BATCH_SIZE
-        slots = 2 * self.min_batches
-        self.b_count = np.zeros((slots, n))
-        self.b_stale = np.zeros((slots, n))
-        self.b_sojourn = np.zeros((slots, n))
-        self.b_area = np.zeros((slots, n))
-        self.b_end = np.zeros(slots)  # completion time of the last update of each batch
+        self.detect = self.horizon.warmup is None
+        # the update index where slot 0 starts (None until a fixed warm-up is over)
+        self.origin: int | None = 0 if self.detect or self.horizon.warmup == 0 else None
+        self.slots = MAX_SLOTS
+        self.slot_size = 1
+        self.slot_start = np.full(self.slots + 2, np.inf)  # start time of every slot (inf: not yet)
+        self.slot_start[0] = 0.0
+        self.per_slot = KeyedSums(4, 1)  # key slot * n + client: updates, staleness, sojourn, presence; max
+        self.sketch = KeyedSums(1)  # key (segment * n + client) * BUCKETS + bucket: count
+        self.segment_slots = 1
+        self.fine_size = FINE_BATCH
+        self.fine_stale = np.zeros(FINE_CAP)
+        self.fine_end = np.zeros(FINE_CAP)
+        self._last_time = 0.0
         self.end_time = 0.0
         self.updates = 0
+
+    # -----------------------------------------------------------------------------------
+    def on_records(self, r: CompletionRecords) -> None:
+        t_done = r.completion_time
+        start = 0
+        if self.origin is None:
+            opening = self._window_opening(r)
+            if opening is None:
+                self._last_time = float(t_done[-1])
+                return
+            start = opening
+            self.origin = r.first_update + start
+            if self.horizon.updates is None:
+                self.slot_start[0] = float(self.horizon.warmup)
+            else:
+                self.slot_start[0] = float(t_done[start - 1]) if start > 0 else self._last_time
+        self._last_time = float(t_done[-1])
+        first = r.first_update + start
+        apply = np.arange(first, r.first_update + len(t_done), dtype=np.int64)
+        self._fold(apply - self.origin, r.client[start:], apply - r.dispatch_update[start:], r.dispatch_time[start:],
+                   t_done[start:])
+
+    def _window_opening(self, r: CompletionRecords) -> int | None:
+        """Row of the first update past a fixed warm-up in this chunk (None: not in it)."""
+        if self.horizon.updates is not None:
+            k = int(self.horizon.warmup) - r.first_update
+            return k if 0 <= k < len(r.client) else None
+        k = int(np.searchsorted(r.completion_time, self.horizon.warmup, side="left"))
+        return k if k < len(r.client) else None
+
+    def _fold(self, rel: np.ndarray, client: np.ndarray, staleness: np.ndarray, t_dispatch: np.ndarray,
+              t_done: np.ndarray) -> None:
+        """Fold window updates ``rel`` (update indices counted from the origin)."""
+        n = self.n
+        if self.detect:
+            self._fold_fine(rel, staleness, t_done)
+        while rel[-1] // self.slot_size >= self.slots:
+            self._halve_slots()
+        b = self.slot_size
+        slot = rel // b
+        # slot s starts when the last update of slot s - 1 completes
+        lo, hi = -(-(rel[0] + 1) // b), (rel[-1] + 1) // b
+        if hi >= lo:
+            s = np.arange(lo, hi + 1)
+            self.slot_start[s] = t_done[s * b - 1 - rel[0]]
+        start = self.slot_start[slot]
+        presence = t_done - np.maximum(t_dispatch, start)
+        # one sort by (slot, client, bucket) gives both the slot table rows and the sketch counts
+        s0 = int(slot[0])
+        key = ((slot - s0) * n + client) * BUCKETS + bucket_of(staleness)
+        order = np.argsort(key)
+        key = key[order]
+        cell = key // BUCKETS
+        rows = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        values = np.vstack([np.ones(len(rel)), staleness, t_done - t_dispatch, presence])[:, order]
+        self.per_slot.add(cell[rows] + s0 * n, np.add.reduceat(values, rows, axis=1),
+                          np.maximum.reduceat(staleness[order].astype(float), rows)[None, :])
+        distinct = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        counts = np.diff(np.r_[distinct, len(key)]).astype(float)[None, :]
+        cell = cell[distinct]
+        segment = (cell // n + s0) // self.segment_slots
+        self.sketch.add((segment * n + cell % n) * BUCKETS + key[distinct] % BUCKETS, counts)
+        while len(self.per_slot.keys) > SLOT_ENTRY_BUDGET and self.slots > MIN_SLOTS:
+            self.slots //= 2
+            self._halve_slots()
+        while len(self.sketch.keys) > SKETCH_ENTRY_BUDGET and self.segment_slots < self.slots:
+            self.segment_slots *= 2
+            self._halve_segments()
+        # tasks that arrived before their completion slot began were also present in earlier slots
+        early = (t_dispatch < start) & (slot > 0)
+        if early.any():
+            self._add_presence(client[early], t_dispatch[early], start[early], slot[early] - 1)
+
+    def _add_presence(self, client: np.ndarray, t_from: np.ndarray, t_to: np.ndarray, last: np.ndarray) -> None:
+        """Time each task spent at its client in slots up to ``last``, between t_from and t_to."""
+        first = np.maximum(np.searchsorted(self.slot_start, t_from, side="right") - 1, 0)
+        spans = last - first + 1
+        task = np.repeat(np.arange(len(client)), spans)
+        s = first[task] + np.arange(len(task)) - np.repeat(np.cumsum(spans) - spans, spans)
+        time = (np.minimum(self.slot_start[s + 1], t_to[task]) - np.maximum(self.slot_start[s], t_from[task]))
+        sums = np.zeros((4, len(task)))
+        sums[_PRESENCE] = time
+        self.per_slot.add(s * self.n + client[task], sums, np.full((1, len(task)), -1.0))
+
+    def _fold_fine(self, rel: np.ndarray, staleness: np.ndarray, t_done: np.ndarray) -> None:
+        """Batch sums of 5 (or more) updates for MSER: staleness sums and last completion times."""
+        while rel[-1] // self.fine_size >= FINE_CAP:
+            half = FINE_CAP // 2
+            self.fine_stale[:half] = self.fine_stale[0::2] + self.fine_stale[1::2]
+            self.fine_end[:half] = self.fine_end[1::2]
+            self.fine_stale[half:] = 0.0
+            self.fine_end[half:] = 0.0
+            self.fine_size *= 2
+        f = rel // self.fine_size
+        self.fine_stale[f[0]: f[-1] + 1] += np.bincount(f - f[0], weights=staleness)
+        last = np.flatnonzero(np.diff(f, append=f[-1] + 1))
+        self.fine_end[f[last]] = t_done[last]
+
+    def _halve_slots(self) -> None:
+        """Double the slot size: slot k of the new series is slots 2k and 2k + 1 of the old."""
+        n = self.n
+        self.per_slot.rekey(lambda k: (k // n // 2) * n + k % n)
+        self.slot_size *= 2
+        start = np.full_like(self.slot_start, np.inf)
+        merged = self.slot_start[0::2]
+        start[: len(merged)] = merged
+        self.slot_start = start
+        if self.segment_slots > 1:  # segments keep their length in updates
+            self.segment_slots //= 2
+        else:
+            self._halve_segments()
+
+    def _halve_segments(self) -> None:
+        """Merge adjacent sketch segments (segment k of the new series is 2k and 2k + 1)."""
+        width = self.n * BUCKETS
+        self.sketch.rekey(lambda k: (k // width // 2) * width + k % width)
 
     def on_finish(self, engine: Engine) -> None:
         self.end_time = engine.env.now
         self.updates = engine.updates
-        if self.window_start is None:  # the run ended inside the warm-up
-            self.window_start = self.end_time
-        for task in engine.in_flight():
-            self.area[task.client] += self.end_time - max(task.dispatch_time, self.window_start)
-
-    # -----------------------------------------------------------------------------------
-    def on_records(self, r: CompletionRecords) -> None:
-        apply = r.apply
-        warmup = self.horizon.warmup
-        if self.horizon.updates is not None:
-            in_window = apply >= warmup
-            if self.window_start is None and apply[0] <= warmup - 1 <= apply[-1]:
-                self.window_start = float(r.completion_time[int(warmup) - 1 - apply[0]])
-        else:
-            in_window = r.completion_time >= warmup
-            if self.window_start is None and in_window.any():
-                self.window_start = float(warmup)
-        if in_window.any():
-            w = in_window
-            self._fold(r.client[w], apply[w] - r.dispatch_update[w], r.dispatch_time[w], r.completion_time[w],
-                       apply[w])
-
-    def _fold(self, client: np.ndarray, staleness: np.ndarray, t_dispatch: np.ndarray, t_done: np.ndarray,
-              apply: np.ndarray) -> None:
-        n = self.n
-        if self.window_first_update is None:
-            self.window_first_update = int(apply[0])
-        sojourn = t_done - t_dispatch
-        self.count += np.bincount(client, minlength=n)
-        self.stale_sum += np.bincount(client, weights=staleness, minlength=n)
-        self.sojourn_sum += np.bincount(client, weights=sojourn, minlength=n)
-        presence = t_done - np.maximum(t_dispatch, self.window_start)  # time spent at the client in the window
-        self.area += np.bincount(client, weights=presence, minlength=n)
-        self._fold_histograms(client, staleness)
-        batch = (apply - self.window_first_update) // self.batch_size
-        while batch[-1] >= self.b_count.shape[0]:
-            self._merge_batches()
-            batch = (apply - self.window_first_update) // self.batch_size
-        slots = self.b_count.shape[0]
-        key = batch * n + client
-        self.b_count += np.bincount(key, minlength=slots * n).reshape(slots, n)
-        self.b_stale += np.bincount(key, weights=staleness, minlength=slots * n).reshape(slots, n)
-        self.b_sojourn += np.bincount(key, weights=sojourn, minlength=slots * n).reshape(slots, n)
-        self.b_area += np.bincount(key, weights=presence, minlength=slots * n).reshape(slots, n)
-        last = np.flatnonzero(np.diff(batch, append=batch[-1] + 1))
-        self.b_end[batch[last]] = t_done[last]
-
-    def _fold_histograms(self, client: np.ndarray, staleness: np.ndarray) -> None:
-        order = np.argsort(client, kind="stable")
-        client, staleness = client[order], staleness[order]
-        starts = np.flatnonzero(np.diff(client, prepend=-1))
-        for i, part in zip(client[starts], np.split(staleness, starts[1:])):
-            h = np.bincount(part)
-            old = self.hist[i]
-            if len(h) > len(old):
-                h[: len(old)] += old
-                self.hist[i] = h
-            else:
-                old[: len(h)] += h
-
-    def _merge_batches(self) -> None:
-        """Double the batch size: batch k of the new series is batches 2k and 2k+1 of the old."""
-        half = self.b_count.shape[0] // 2
-        for name in ("b_count", "b_stale", "b_sojourn", "b_area"):
-            a = getattr(self, name)
-            merged = np.zeros_like(a)
-            merged[:half] = a[0::2] + a[1::2]
-            setattr(self, name, merged)
-        end = np.zeros_like(self.b_end)
-        end[:half] = self.b_end[1::2]
-        self.b_end = end
-        self.batch_size *= 2
+        if self.origin is None:
+            return
+        tasks = engine.in_flight()
+        if tasks:
+            client = np.array([t.client for t in tasks], dtype=np.int64)
+            t_from = np.array([t.dispatch_time for t in tasks], dtype=float)
+            last = (self.updates - self.origin) // self.slot_size
+            self._add_presence(client, t_from, np.full(len(tasks), self.end_time), np.full(len(tasks), last))
 
     # -----------------------------------------------------------------------------------
     def result(self) -> RunStatistics:
         """The statistics of the finished run."""
-        window_updates = int(self.count.sum())
-        duration = self.end_time - self.window_start
-        full = 0
-        if self.window_first_update is not None:
-            full = (self.updates - self.window_first_update) // self.batch_size
-        full = min(full, self.b_count.shape[0])
-        b_count, b_stale, b_sojourn = self.b_count[:full], self.b_stale[:full], self.b_sojourn[:full]
-        _, stale_ci = ratio_ci(b_stale, b_count, self.level)
-        _, sojourn_ci = ratio_ci(b_sojourn, b_count, self.level)
-        b_updates = b_count.sum(axis=1)
-        b_duration = np.diff(self.b_end[:full], prepend=self.window_start)
-        _, thr_ci = ratio_ci(b_updates[:, None], b_duration[:, None], self.level)
-        _, queue_ci = ratio_ci(self.b_area[:full], b_duration[:, None], self.level)
-        _, mean_stale_ci = ratio_ci(b_stale.sum(axis=1)[:, None], b_updates[:, None], self.level)
-        g_count, g_stale = self._by_group(b_count), self._by_group(b_stale)
-        _, group_ci = ratio_ci(g_stale, g_count, self.level)
-        group_completions = self._by_group(self.count[None, :])[0]
+        n = self.n
+        if self.origin is None:  # the run ended inside a fixed warm-up
+            return self._empty()
+        full = (self.updates - self.origin) // self.slot_size
+        warmup, s_w = self._warmup(full)
+        t_w = float(self.slot_start[s_w])
+        keys, sums, maxima = self.per_slot.table()
+        slot, client = keys // n, keys % n
+        win = slot >= s_w
+        count, stale, sojourn, presence = (np.bincount(client[win], weights=sums[j, win], minlength=n)
+                                           for j in range(4))
+        smax = np.full(n, -1.0)
+        np.maximum.at(smax, client[win], maxima[0, win])
+        test, g = self._batch_size(slot, client, sums, s_w, full - s_w, int(count.max(initial=0)))
+        k = (full - s_w) // g
+        batches = self._batches(slot, client, sums, s_w, g, k)
+        duration = self.end_time - t_w
+        window_updates = int(count.sum())
+        p50, p90, p99, q_first = self._quantiles(s_w)
         with np.errstate(invalid="ignore", divide="ignore"):
             clients = ClientStatistics(
-                completions=self.count.copy(),
-                staleness_mean=self.stale_sum / self.count,
-                staleness_ci=stale_ci,
-                staleness_p50=np.array([histogram_quantile(h, 0.5) for h in self.hist]),
-                staleness_p90=np.array([histogram_quantile(h, 0.9) for h in self.hist]),
-                staleness_p99=np.array([histogram_quantile(h, 0.99) for h in self.hist]),
-                staleness_max=np.array([len(h) - 1 if len(h) else np.nan for h in self.hist], dtype=float),
-                sojourn_mean=self.sojourn_sum / self.count,
-                sojourn_ci=sojourn_ci,
-                queue_mean=self.area / duration if duration > 0 else np.full(self.n, np.nan),
-                queue_ci=queue_ci,
+                completions=count.astype(np.int64),
+                staleness_mean=stale / count,
+                staleness_ci=self._client_ci(batches, 1),
+                staleness_p50=p50, staleness_p90=p90, staleness_p99=p99,
+                staleness_max=np.where(smax >= 0, smax, np.nan),
+                sojourn_mean=sojourn / count,
+                sojourn_ci=self._client_ci(batches, 2),
+                queue_mean=presence / duration if duration > 0 else np.full(n, np.nan),
+                queue_ci=self._queue_ci(batches),
             )
             throughput = window_updates / duration if duration > 0 else float("nan")
-            mean_staleness = self.stale_sum.sum() / window_updates if window_updates else float("nan")
+            mean_staleness = stale.sum() / window_updates if window_updates else float("nan")
+        per_batch = [np.bincount(batches.batch, weights=batches.sums[j], minlength=k)[:, None] for j in (0, 1)]
+        _, thr_ci = ratio_ci(per_batch[0], batches.duration[:, None], self.level)
+        _, mean_ci = ratio_ci(per_batch[1], per_batch[0], self.level)
+        group = self.client_group[batches.client] * k + batches.batch
+        g_count, g_stale = (np.bincount(group, weights=batches.sums[j], minlength=k * self.n_groups)
+                            .reshape(self.n_groups, k).T for j in (0, 1))
+        _, group_ci = ratio_ci(g_stale, g_count, self.level)
+        group_count = np.bincount(self.client_group, weights=count, minlength=self.n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            group_mean = np.bincount(self.client_group, weights=stale, minlength=self.n_groups) / group_count
         return RunStatistics(
-            updates=self.updates, window_updates=window_updates, sim_time=self.end_time,
-            window_start=float(self.window_start), throughput=throughput, throughput_ci=float(thr_ci[0]),
-            mean_staleness=float(mean_staleness), mean_staleness_ci=float(mean_stale_ci[0]),
-            batches=int(full), batch_size=self.batch_size, clients=clients,
-            groups=GroupStatistics(
-                completions=group_completions.astype(np.int64),
-                staleness_mean=self._by_group(self.stale_sum[None, :])[0] / group_completions,
-                staleness_ci=group_ci,
-            ),
+            updates=self.updates, window_updates=window_updates, sim_time=self.end_time, window_start=t_w,
+            throughput=throughput, throughput_ci=float(thr_ci[0]), mean_staleness=float(mean_staleness),
+            mean_staleness_ci=float(mean_ci[0]), batches=int(k), batch_size=int(g * self.slot_size),
+            clients=clients,
+            groups=GroupStatistics(completions=group_count.astype(np.int64), staleness_mean=group_mean,
+                                   staleness_ci=group_ci),
+            warmup=warmup, batch_test=test, window_first_update=self.origin + s_w * self.slot_size,
+            quantile_first_update=q_first,
         )
 
-    def _by_group(self, per_client: np.ndarray) -> np.ndarray:
-        """Sum the columns (clients) of a 2-D array within each group."""
-        out = np.zeros((per_client.shape[0], self.n_groups))
-        np.add.at(out.T, self.client_group, per_client.T)
-        return out
+    def _warmup(self, full: int) -> tuple[Warmup, int]:
+        """The warm-up and the first slot of the window."""
+        b = self.slot_size
+        if not self.detect:
+            return Warmup(method="fixed", updates=int(self.origin), resolution=b), 0
+        total, f = self.updates, self.fine_size
+        m = total // f
+        least = max(2 * MSER_MIN_TAIL, 2 * VARIANCE_BATCHES)
+        if m < least:
+            reason = (f"not stationary: {total} updates are too few to detect the end of the warm-up (at least "
+                      f"{least * FINE_BATCH} needed); the window starts half-way; run longer")
+            s_w = min(-(-(total // 2) // b), full)
+            return Warmup(method="mser-5", updates=s_w * b, resolution=b, stationary=False, reason=reason,
+                          fine_batch=f), s_w
+        series = {"staleness": self.fine_stale[:m] / f, "time per update": np.diff(self.fine_end[:m], prepend=0.0)}
+        points = {name: mser_truncation(z) for name, z in series.items()}
+        d = max(points.values())
+        starts = {name: stationary_start(z, d, STATIONARITY_LEVEL / len(series)) for name, z in series.items()}
+        late = [name for name, (start, _) in starts.items() if start is None]
+        reason = None
+        if late:
+            point = total // 2
+            w2 = ", ".join(f"W^2 = {starts[name][1]:.2f}" for name in late)
+            reason = (f"not stationary: the {' and '.join(late)} series does not settle in the first half of the run "
+                      f"(MSER-5 truncation at update {d * f} of {total}; stationarity test {w2}); the window starts "
+                      "half-way; run longer")
+        else:
+            point = max(start for start, _ in starts.values()) * f
+        s_w = min(-(-min(point, total // 2) // b), full)
+        return Warmup(method="mser-5", updates=s_w * b, resolution=b, stationary=not late, reason=reason,
+                      staleness_point=points["staleness"] * f, throughput_point=points["time per update"] * f,
+                      fine_batch=f), s_w
+
+    def _batches(self, slot: np.ndarray, client: np.ndarray, sums: np.ndarray, s_w: int, g: int, k: int) -> _Batches:
+        """Per-(client, batch) sums over the k batches of g slots that start at slot s_w."""
+        sel = (slot >= s_w) & (slot < s_w + k * g)
+        key = client[sel] * k + (slot[sel] - s_w) // g
+        order = np.argsort(key)
+        key = key[order]
+        rows = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
+        values = np.add.reduceat(sums[:, sel][:, order], rows, axis=1) if len(key) else np.zeros((4, 0))
+        return _Batches(k=k, client=key[rows] // max(k, 1), batch=key[rows] % max(k, 1), sums=values,
+                        duration=np.diff(self.slot_start[s_w: s_w + k * g + 1: g]))
+
+    def _batch_size(self, slot: np.ndarray, client: np.ndarray, sums: np.ndarray, s_w: int, window_slots: int,
+                    most: int) -> tuple[BatchTest, int]:
+        """Test batches of 1, 2, 4, ... slots for independence; return the test and the batch size
+        (in slots) the intervals use. ``most`` is the largest number of updates of a client in
+        the window: with fewer than k, no client series is tested at k batches."""
+        updates = sums[0] > 0  # rows of time at a client only do not enter the staleness series
+        slot, client, sums = slot[updates], client[updates], sums[:, updates]
+        least = TEST_BATCHES * self.min_batches
+        g_default = 1
+        while window_slots // (2 * g_default) >= self.min_batches:
+            g_default *= 2
+        g, tried = 1, None
+        while window_slots // g >= least:
+            k = window_slots // g
+            rows = slice(None) if most >= k else slice(0)  # no client has k updates: throughput alone
+            statistic, series = self._independence(self._batches(slot[rows], client[rows], sums[:, rows], s_w, g, k))
+            critical = von_neumann_critical(TEST_LEVEL, series)
+            tried = (g, k, statistic, critical, series)
+            if statistic <= critical:
+                return BatchTest(level=TEST_LEVEL, passed=True, batch_size=g * self.slot_size, batches=k,
+                                 statistic=statistic, critical=critical, series=series), max(g, g_default)
+            g *= 2
+        if tried is None:
+            reason = (f"only {window_slots} slots of {self.slot_size} updates after the warm-up: too few for "
+                      f"{least} batches; run longer")
+            return BatchTest(level=TEST_LEVEL, passed=False, batch_size=None, batches=window_slots,
+                             statistic=float("nan"), critical=float("nan"), series=0, reason=reason), g_default
+        g, k, statistic, critical, series = tried
+        reason = (f"batch means not independent: von Neumann's test rejects every batch size that leaves at least "
+                  f"{least} batches (last: {k} batches of {g * self.slot_size} updates, statistic {statistic:.2f} > "
+                  f"{critical:.2f}); the intervals are too narrow; run longer")
+        return BatchTest(level=TEST_LEVEL, passed=False, batch_size=None, batches=k, statistic=statistic,
+                         critical=critical, series=series, reason=reason), g_default
+
+    def _independence(self, b: _Batches) -> tuple[float, int]:
+        """Largest standardised von Neumann statistic over the throughput series (batch
+        durations) and the staleness residual series of every client with at least k updates,
+        and the number of series."""
+        k = b.k
+        d = b.duration - b.duration.mean()
+        z = [von_neumann_z(np.array([(d * d).sum()]), np.array([(np.diff(d) ** 2).sum()]), k)]
+        count = np.bincount(b.client, weights=b.sums[0], minlength=self.n)
+        stale = np.bincount(b.client, weights=b.sums[1], minlength=self.n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(count > 0, stale / count, 0.0)
+        e = b.sums[1] - r[b.client] * b.sums[0]
+        sq, sq_diff = _residual_sums(b.client, b.batch, e, k, self.n)
+        tested = count >= k
+        z.append(von_neumann_z(sq[tested], sq_diff[tested], k))
+        z_all = np.concatenate(z)
+        z_all = z_all[np.isfinite(z_all)]
+        return (float(z_all.max()) if len(z_all) else float("-inf")), int(len(z_all))
+
+    def _client_ci(self, b: _Batches, column: int) -> np.ndarray:
+        """Half-widths of the per-client ratio (column sum) / (updates) over the batches."""
+        k, n = b.k, self.n
+        if k < 2:
+            return np.full(n, np.nan)
+        x = np.bincount(b.client, weights=b.sums[0], minlength=n)
+        y = np.bincount(b.client, weights=b.sums[column], minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = y / x
+            e = b.sums[column] - r[b.client] * b.sums[0]
+            se = np.sqrt(np.bincount(b.client, weights=e * e, minlength=n) / (k * (k - 1))) / (x / k)
+        return stats.t.ppf(0.5 + self.level / 2, k - 1) * se
+
+    def _queue_ci(self, b: _Batches) -> np.ndarray:
+        """Half-widths of the time-average queue lengths (time at the client / batch duration)."""
+        k, n = b.k, self.n
+        if k < 2:
+            return np.full(n, np.nan)
+        d = b.duration
+        area = np.bincount(b.client, weights=b.sums[_PRESENCE], minlength=n)
+        r = area / d.sum()
+        a = b.sums[_PRESENCE]
+        # sum_b (A_b - r d_b)^2, where A_b = 0 in batches without a row
+        rows = np.bincount(b.client, weights=a * (a - 2.0 * r[b.client] * d[b.batch]), minlength=n)
+        sq = np.maximum(rows + r * r * (d * d).sum(), 0.0)
+        se = np.sqrt(sq / (k * (k - 1))) / (d.sum() / k)
+        return stats.t.ppf(0.5 + self.level / 2, k - 1) * se
+
+    def _quantiles(self, s_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Staleness quantiles per client over the segments from the first one starting at or
+        after slot s_w, and the update index where those segments start."""
+        n = self.n
+        keys, counts, _ = self.sketch.table()
+        cell = keys // BUCKETS
+        first_segment = -(-s_w // self.segment_slots)
+        sel = cell // n >= first_segment
+        key = (cell[sel] % n) * BUCKETS + keys[sel] % BUCKETS
+        order = np.argsort(key)
+        key, weight = key[order], counts[0, sel][order]
+        rows = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
+        merged = np.add.reduceat(weight, rows) if len(key) else np.zeros(0)
+        q = sketch_quantiles(key[rows] // BUCKETS, key[rows] % BUCKETS, merged, n, QUANTILES)
+        return q[0], q[1], q[2], int(self.origin + first_segment * self.segment_slots * self.slot_size)
+
+    def _empty(self) -> RunStatistics:
+        """Statistics of a run that ended inside its fixed warm-up: nothing measured."""
+        n, nan = self.n, np.full(self.n, np.nan)
+        reason = "the run ended inside its warm-up (horizon.warmup): nothing was measured"
+        return RunStatistics(
+            updates=self.updates, window_updates=0, sim_time=self.end_time, window_start=self.end_time,
+            throughput=float("nan"), throughput_ci=float("nan"), mean_staleness=float("nan"),
+            mean_staleness_ci=float("nan"), batches=0, batch_size=0,
+            clients=ClientStatistics(np.zeros(n, dtype=np.int64), nan, nan, nan, nan, nan, nan, nan, nan, nan, nan),
+            groups=GroupStatistics(np.zeros(self.n_groups, dtype=np.int64), np.full(self.n_groups, np.nan),
+                                   np.full(self.n_groups, np.nan)),
+            warmup=Warmup(method="fixed", updates=self.updates, resolution=1),
+            batch_test=BatchTest(level=TEST_LEVEL, passed=False, batch_size=None, batches=0, statistic=float("nan"),
+                                 critical=float("nan"), series=0, reason=reason),
+            window_first_update=self.updates, quantile_first_update=self.updates,
+        )
