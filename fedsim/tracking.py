@@ -110,6 +110,13 @@ class KeyedSums:
         self.sums = np.add.reduceat(sums[:, order], first, axis=1)
         self.maxima = np.maximum.reduceat(maxima[:, order], first, axis=1) if len(maxima) else maxima[:, first]
 
+    def exceeds(self, rows: int) -> bool:
+        """True when the table holds more than ``rows`` distinct keys (compacting to find out)."""
+        if len(self.keys) + self._pending_rows <= rows:
+            return False
+        self.compact()
+        return len(self.keys) > rows
+
     def rekey(self, f: Callable[[np.ndarray], np.ndarray]) -> None:
         """Replace every key k by f(k) (rows whose new keys coincide are combined)."""
         self.compact()
@@ -362,10 +369,10 @@ class Tracker:
         cell = cell[distinct]
         segment = (cell // n + s0) // self.segment_slots
         self.sketch.add((segment * n + cell % n) * BUCKETS + key[distinct] % BUCKETS, counts)
-        while len(self.per_slot.keys) > SLOT_ENTRY_BUDGET and self.slots > MIN_SLOTS:
+        while self.slots > MIN_SLOTS and self.per_slot.exceeds(SLOT_ENTRY_BUDGET):
             self.slots //= 2
             self._halve_slots()
-        while len(self.sketch.keys) > SKETCH_ENTRY_BUDGET and self.segment_slots < self.slots:
+        while self.segment_slots < self.slots and self.sketch.exceeds(SKETCH_ENTRY_BUDGET):
             self.segment_slots *= 2
             self._halve_segments()
         # tasks that arrived before their completion slot began were also present in earlier slots
@@ -450,7 +457,7 @@ class Tracker:
         batches = self._batches(slot, client, sums, s_w, g, k)
         duration = self.end_time - t_w
         window_updates = int(count.sum())
-        p50, p90, p99, q_first = self._quantiles(s_w)
+        p50, p90, p99, q_first = self._quantiles(s_w, full)
         with np.errstate(invalid="ignore", divide="ignore"):
             clients = ClientStatistics(
                 completions=count.astype(np.int64),
@@ -611,13 +618,17 @@ class Tracker:
         se = np.sqrt(sq / (k * (k - 1))) / (d.sum() / k)
         return stats.t.ppf(0.5 + self.level / 2, k - 1) * se
 
-    def _quantiles(self, s_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Staleness quantiles per client over the segments from the first one starting at or
-        after slot s_w, and the update index where those segments start."""
+    def _quantiles(self, s_w: int, full: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Staleness quantiles per client over the sketch segments from the first one starting
+        at or after slot s_w (or, when that would leave less than half of the window's ``full
+        - s_w`` slots, from the last one starting before it), and the update index where those
+        segments start."""
         n = self.n
         keys, counts, _ = self.sketch.table()
         cell = keys // BUCKETS
         first_segment = -(-s_w // self.segment_slots)
+        if first_segment * self.segment_slots > s_w + (full - s_w) // 2:
+            first_segment = s_w // self.segment_slots
         sel = cell // n >= first_segment
         key = (cell[sel] % n) * BUCKETS + keys[sel] % BUCKETS
         order = np.argsort(key)
