@@ -20,7 +20,8 @@ partial sums B(t) = S(floor(m t)) / (sigma sqrt(m)), S(k) = sum_{j<=k} (z_j - zb
 Brownian bridge, and their Cramer-von Mises statistic W^2 = (1/m) sum_k B(k/m)^2 exceeds the
 bridge's quantile (Anderson & Darling 1952) with the test's level; sigma^2 (the variance
 parameter, m Var(zbar)) is estimated by batch means on the last half of the run, the part
-least touched by the transient. When the test rejects, a further tenth of the run is
+least touched by the transient, with successive differences (von Neumann 1941) so that a
+trend does not pass for noise. When the test rejects, a further tenth of the run is
 deleted and the test repeated, up to half the run.
 
 Batch means: the von Neumann ratio test (von Neumann 1941; Young 1941) of independence of k
@@ -73,11 +74,14 @@ def stationarity_statistic(z: np.ndarray, sigma2: float) -> float:
 
 
 def variance_parameter(z: np.ndarray, batches: int = VARIANCE_BATCHES) -> float:
-    """Batch-means estimate of lim m Var(zbar) from ``z``: h times the variance of the means of
-    ``batches`` batches of h = floor(m / batches) consecutive values."""
+    """Estimate of lim m Var(zbar) from ``z``: h times the variance of the means B_1..B_k of
+    k = ``batches`` batches of h = floor(m / k) consecutive values, the variance taken as von
+    Neumann's mean square successive difference sum_j (B_{j+1} - B_j)^2 / (2 (k - 1)), which a
+    trend left in ``z`` hardly inflates (the usual sample variance would absorb the trend
+    and blunt the stationarity test)."""
     h = len(z) // batches
     means = np.asarray(z[: h * batches], dtype=float).reshape(batches, h).mean(axis=1)
-    return float(h * means.var(ddof=1))
+    return float(h * np.sum(np.diff(means) ** 2) / (2 * (batches - 1)))
 
 
 def stationary_start(z: np.ndarray, start: int, level: float) -> tuple[int | None, float]:

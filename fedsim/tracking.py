@@ -43,7 +43,7 @@ size that passed when it is larger. When no batch size passes, the run is flagge
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +163,7 @@ class Warmup:
 
     ``method`` is ``mser-5`` (detected; ``fine_batch`` is the size of the batch means MSER
     saw, 5 or more for long runs) or ``fixed`` (``horizon.warmup``; then ``stationary`` is
-    None: not assessed). ``staleness_point`` and ``throughput_point`` are the MSER truncation
+    None, not assessed, unless the window's mean staleness misses C - 1: False). ``staleness_point`` and ``throughput_point`` are the MSER truncation
     points (update indices) of the two series; ``updates`` the update index where the window
     starts, a multiple of ``resolution`` (the slot size) past the window's origin.
     """
@@ -291,6 +291,7 @@ class Tracker:
         self.horizon = scenario.horizon
         self.level = scenario.statistics.confidence
         self.min_batches = scenario.statistics.batches
+        self.concurrency = scenario.concurrency
         self.detect = self.horizon.warmup is None
         # the update index where slot 0 starts (None until a fixed warm-up is over)
         self.origin: int | None = 0 if self.detect or self.horizon.warmup == 0 else None
@@ -475,6 +476,7 @@ class Tracker:
         per_batch = [np.bincount(batches.batch, weights=batches.sums[j], minlength=k)[:, None] for j in (0, 1)]
         _, thr_ci = ratio_ci(per_batch[0], batches.duration[:, None], self.level)
         _, mean_ci = ratio_ci(per_batch[1], per_batch[0], self.level)
+        warmup = self._check_identity(warmup, float(mean_staleness), float(mean_ci[0]))
         group = self.client_group[batches.client] * k + batches.batch
         g_count, g_stale = (np.bincount(group, weights=batches.sums[j], minlength=k * self.n_groups)
                             .reshape(self.n_groups, k).T for j in (0, 1))
@@ -525,6 +527,24 @@ class Tracker:
         return Warmup(method="mser-5", updates=s_w * b, resolution=b, stationary=not late, reason=reason,
                       staleness_point=points["staleness"] * f, throughput_point=points["time per update"] * f,
                       fine_batch=f), s_w
+
+    def _check_identity(self, warmup: Warmup, mean: float, half_width: float) -> Warmup:
+        """Flag the window as not stationary when its mean staleness misses C - 1.
+
+        Every update ages the C - 1 other tasks in flight by one, so over a window the staleness
+        sum is exactly (C - 1) N_w + A_start - A_end, A the total age (updates since dispatch) of
+        the tasks in flight (MODEL.md: the update-weighted mean staleness is C - 1). In a
+        stationary run A_end - A_start is a fluctuation, which batch means over-estimate (the
+        batch deviations telescope); a mean staleness outside C - 1 +- its half-width means the
+        tasks in flight aged (queues still filling) or got younger (draining) over the window.
+        """
+        target = self.concurrency - 1
+        if not (np.isfinite(half_width) and half_width > 0 and abs(mean - target) > half_width):
+            return warmup
+        trend = "aged: queues still filling" if mean < target else "got younger: queues still draining"
+        reason = (f"not stationary: the window's mean staleness {mean:.4g} +- {half_width:.2g} differs from "
+                  f"C - 1 = {target} (the tasks in flight {trend}); run longer")
+        return replace(warmup, stationary=False, reason="; ".join(r for r in (warmup.reason, reason) if r))
 
     def _batches(self, slot: np.ndarray, client: np.ndarray, sums: np.ndarray, s_w: int, g: int, k: int) -> _Batches:
         """Per-(client, batch) sums over the k batches of g slots that start at slot s_w."""
