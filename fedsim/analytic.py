@@ -29,6 +29,48 @@ complete homogeneous symmetric polynomial ``h_k(r)``, and Newton's identity
 (Macdonald, *Symmetric Functions and Hall Polynomials*, ch. I, (2.11')) has only positive
 terms, so it is numerically stable. Cost: ``O(nC)`` for the power sums and the queue
 recursion, ``O(C^2)`` for the constants; all in numpy float64.
+
+The extended network (:func:`solve_extended`)
+---------------------------------------------
+A task routed to client ``i`` visits ``downlink_i -> compute_i -> uplink_i -> server``; the
+update is applied when the server finishes it. Compute and the server are FIFO queues; a link
+is absent, a FIFO queue or an infinite-server (delay) station. Visit ratios per update are
+``p_i`` at the stations of route i and 1 at the server. When every FIFO station is
+exponential the network is a BCMP network (Baskett, Chandy, Muntz & Palacios, J. ACM 22(2),
+1975) and, with ``rho_m = v_m E[S_m]``,
+
+    pi_C(x) = prod_{m FIFO} rho_m^{x_m} prod_{m delay} rho_m^{x_m} / x_m!  / G(C),
+
+whatever the laws at the delay stations (insensitivity: only their means enter). The delay
+stations merge into one factor: the generating function of ``G`` is
+``exp(a z) prod_{m FIFO} 1 / (1 - rho_m z)`` with ``a = sum_{m delay} rho_m``, so Newton's
+identity holds with ``a`` added to the first power sum. Throughput ``lambda(C) = G(C-1) / G(C)``
+counts server completions, i.e. updates; FIFO queues follow the recursion of :func:`solve`,
+delay stations Little's law ``E_C[X_m] = lambda(C) rho_m``.
+
+**Staleness.** At an update epoch the departing task sees the other ``C - 1`` tasks in the
+equilibrium of the network with ``C - 1`` tasks (arrival theorem; Sevcik & Mitrani, J. ACM
+28(2), 1981). A task dispatched to route i at update ``s`` is one of those others at the update
+epochs ``s, ..., s + tau - 1`` and completes at ``s + tau``; per update ``p_i`` tasks are
+dispatched to route i, so (discrete Little's law) ``p_i E[tau_i]`` is the mean number of
+route-i tasks among the others at an update epoch. Those are the tasks at ``downlink_i``,
+``compute_i``, ``uplink_i`` (only route i visits them) and the route-i tasks in the server
+queue. Labelling each task at the server with its route gives a multiclass network with class
+switching at the server whose FIFO station has class-blind exponential service; its product
+form makes the labels of the tasks at the server i.i.d. with the visit-ratio weights ``p_j``
+given their number, so the route-i share of the server queue is ``p_i E_{C-1}[X_s]``:
+
+    E[tau_i] = (E_{C-1}[X_Di] + E_{C-1}[X_Ci] + E_{C-1}[X_Ui]) / p_i + E_{C-1}[X_s],
+
+and ``sum_i p_i E[tau_i] = C - 1`` (all the other tasks). Every server completion counts
+for every route, so the server term is not divided by ``p_i``. The tests check this against the
+Markov chain that keeps the FIFO order of routes at the server, with a tagged task.
+
+**Energy** (:func:`power_draw`): client i draws ``compute`` while it computes (probability
+``rho_i = lambda p_i / mu_i``), ``idle`` otherwise, and ``uplink`` (``downlink``) per transfer in
+progress on its link, on average ``lambda p_i E[U_i]`` (``lambda p_i E[D_i]``) transfers by
+Little's law, FIFO or delay; the server draws ``busy`` with probability ``u_s = lambda / mu_s``
+and ``idle`` otherwise. Energy per update is the total power divided by ``lambda``.
 """
 
 from __future__ import annotations
