@@ -62,9 +62,10 @@ given their number, so the route-i share of the server queue is ``p_i E_{C-1}[X_
 
     E[tau_i] = (E_{C-1}[X_Di] + E_{C-1}[X_Ci] + E_{C-1}[X_Ui]) / p_i + E_{C-1}[X_s],
 
-and ``sum_i p_i E[tau_i] = C - 1`` (all the other tasks). Every server completion counts
-for every route, so the server term is not divided by ``p_i``. The tests check this against the
-Markov chain that keeps the FIFO order of routes at the server, with a tagged task.
+and ``sum_i p_i E[tau_i] = C - 1`` (all the other tasks). The server term is the route-i
+share divided by ``p_i``: the whole server queue, the same for every route. The tests check
+this against the Markov chain that keeps the routes in FIFO order at the server, with a
+tagged task.
 
 **Energy** (:func:`power_draw`): client i draws ``compute`` while it computes (probability
 ``rho_i = lambda p_i / mu_i``), ``idle`` otherwise, and ``uplink`` (``downlink``) per transfer in
