@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedsim.training.algorithms.base import UpdateRule, register_algorithm
-from fedsim.training.fields import Field, between, choice, nonnegative
+from fedsim.fields import Field, between, choice, nonnegative
 
 
 def staleness_weight(kind: str, tau: int, a: float, b: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedsim.training.algorithms.base import RoundRule, register_algorithm
-from fedsim.training.fields import Field, integer
+from fedsim.fields import Field, integer
 
 
 @register_algorithm

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from fedsim.training.algorithms.base import UpdateRule, register_algorithm
-from fedsim.training.fields import Field, integer, positive
+from fedsim.fields import Field, integer, positive
 
 
 @register_algorithm
