@@ -149,10 +149,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from fedsim.optimize.report import compare, comparison_table, write_comparison
 
     scenario = load_scenario(args.scenario)
-    comparison = compare(scenario, budget=args.budget, target=args.target, weight=args.weight)
-    if args.objective not in comparison.optima:
-        raise ScenarioError("clients", f"the {args.objective} objective needs power: give clients[k].power "
-                            "(and server_power with a server)")
+    comparison = compare(scenario, budget=args.budget, target=args.target, weight=args.weight,
+                         objective=args.objective)
     spec = comparison.spec
     if comparison.estimates is not None:
         print(f"constants estimated from the training section: {comparison.estimates.describe()}")

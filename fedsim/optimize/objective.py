@@ -80,6 +80,7 @@ import numpy as np
 from fedsim.analytic import ExtendedNetwork, PowerModel
 
 __all__ = [
+    "ENERGY_OBJECTIVES",
     "OBJECTIVES",
     "OPTIMAL_ROUTINGS",
     "TARGET_OBJECTIVES",
@@ -99,6 +100,9 @@ OBJECTIVES = ("per-update", "wall-clock", "time", "energy", "time-energy")
 
 #: The objectives that minimise what it costs to bring the bound down to a target.
 TARGET_OBJECTIVES = ("time", "energy", "time-energy")
+
+#: The objectives that need a power model.
+ENERGY_OBJECTIVES = ("energy", "time-energy")
 
 #: ``routing:`` values of a scenario that run the optimiser (``optimal-<objective>``).
 OPTIMAL_ROUTINGS = ("optimal-per-update", "optimal-wall-clock")
@@ -174,10 +178,6 @@ class Objective:
     def targets(self) -> bool:
         """True for the objectives that bring the bound to a target (time, energy, time-energy)."""
         return self.name in TARGET_OBJECTIVES
-
-    @property
-    def needs_power(self) -> bool:
-        return self.name in ("energy", "time-energy")
 
     def updates_in(self, throughput: np.ndarray | float) -> np.ndarray | float:
         """``K`` of the per-update (fixed) and wall-clock (``lambda T``) objectives."""
@@ -521,7 +521,7 @@ def bound_terms(network: GroupNetwork, q: np.ndarray, C: int, constants: BoundCo
         value = K * float(_cost(network, q, throughput, objective)) if slack > 0 else np.inf
     else:
         K = float(objective.updates_in(throughput))
-        value = c.A / (c.eta * K) + variance + drift
+        value = float(_total(c, K, variance_factor, staleness_factor))
     return BoundTerms(
         concurrency=C, q=q, throughput=throughput, staleness=staleness, updates=K,
         variance_factor=variance_factor, staleness_factor=staleness_factor,
@@ -613,7 +613,7 @@ def _floor(c: BoundConstants, variance_factor: np.ndarray | float, staleness_fac
 
 def _total(c: BoundConstants, K: np.ndarray | float, variance_factor: np.ndarray | float,
            staleness_factor: np.ndarray | float) -> np.ndarray | float:
-    return c.A / (c.eta * K) + _floor(c, variance_factor, staleness_factor)
+    return c.A / (c.eta * K) + c.eta * c.L * c.S * variance_factor + c.eta**2 * c.L**2 * c.S * staleness_factor
 
 
 def _cost(network: GroupNetwork, q: np.ndarray, throughput: np.ndarray | float, objective: Objective):

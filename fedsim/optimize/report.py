@@ -47,7 +47,7 @@ from fedsim.optimize.config import (
     parse_optimization,
     with_default_target,
 )
-from fedsim.optimize.objective import GroupNetwork, bound_terms, objective_profile
+from fedsim.optimize.objective import ENERGY_OBJECTIVES, OBJECTIVES, GroupNetwork, bound_terms, objective_profile
 from fedsim.optimize.solver import Optimum, max_throughput_routing, optimise
 from fedsim.scenario import Scenario
 
@@ -84,11 +84,16 @@ class Comparison:
 
 
 def compare(scenario: Scenario, budget: float | None = None, target: float | None = None,
-            weight: float | None = None) -> Comparison:
+            weight: float | None = None, objective: str | None = None) -> Comparison:
     """Every optimum of ``scenario`` (constants from its ``optimization:`` section, or estimated).
 
-    ``budget``, ``target`` and ``weight`` override the section's ``T``, ``eps`` and ``rho``.
+    ``budget``, ``target`` and ``weight`` override the section's ``T``, ``eps`` and ``rho``;
+    ``objective``, the one the caller wants, is checked first (the energy objectives need power).
     """
+    if objective in ENERGY_OBJECTIVES:
+        if scenario.server_power is None and all(g.power is None for g in scenario.groups):
+            raise ScenarioError("clients", f"the {objective} objective needs power: give clients[k].power "
+                                "(and server_power with a server)")
     spec = scenario.optimization
     if spec is None:
         spec = parse_optimization(None, scenario.groups, scenario.horizon, scenario.server)
@@ -115,8 +120,8 @@ def _optimise_all(scenario: Scenario, spec: OptimizationSpec, estimates: Any, bu
     network = group_network(scenario.groups, scenario.server, scenario.server_power)
     spec = with_default_target(dataclasses.replace(spec, **overrides), network)
     optima: dict[str, Optimum] = {}
-    names = ["per-update", "wall-clock", "time"] + (["energy", "time-energy"] if network.power is not None else [])
-    for name in names:
+    names = ["time"] + (["energy", "time-energy"] if network.power is not None else []) + ["per-update", "wall-clock"]
+    for name in names:  # those with a target first: they fail if it is out of reach
         scales = {}
         if name == "time-energy":
             scales = {"time_scale": optima["time"].terms.value, "energy_scale": optima["energy"].terms.value}
@@ -125,6 +130,7 @@ def _optimise_all(scenario: Scenario, spec: OptimizationSpec, estimates: Any, bu
                                     c_min=spec.c_min, c_max=spec.c_max)
         except ValueError as err:
             raise ScenarioError("optimization.target", str(err)) from None
+    optima = {name: optima[name] for name in OBJECTIVES if name in optima}
     first = np.cumsum([0] + [g.count for g in scenario.groups[:-1]])
     settings = (
         Setting(ASYNCSGD, network.n, network.uniform()),
