@@ -234,6 +234,8 @@ class Objective:
             return 1.0, 0.0, zeros
         idle, server, task = network.energy_weights()
         if self.name == "energy":
+            if not (idle > 0 or server or np.any(task)):
+                raise ValueError("every power is 0 W: the energy objective has nothing to minimise")
             return idle, server, task
         w_e, w_t = self.weight / self.energy_scale, (1.0 - self.weight) / self.time_scale
         return w_e * idle + w_t, w_e * server, w_e * task
