@@ -1,6 +1,6 @@
 """Coverage of fedsim's confidence intervals over independent replications.
 
-    python analysis/coverage.py [CASE ...] [--seeds 200] [--time T]
+    python analysis/coverage.py [CASE ...] [--seeds 200] [--time T | --updates N]
 
 Runs ``--seeds`` independent seeds of each case in this process and prints, for the
 throughput and for every client's mean staleness, how often the 95% interval contains the
@@ -12,7 +12,10 @@ test). "covered" counts every run; "covered | not flagged" only the runs without
 Cases: ``heterogeneous`` (the network of scenarios/heterogeneous.yaml: 100 clients, uniform
 routing, C = 100), ``mild`` (rates 1, 1, 1, 0.6, uniform, C = 20), ``tied`` (rates 0.6, 0.6,
 1, 1, uniform, C = 30), ``heavy`` (the worked example of the model notes at C = 20: rates 1,
-2, 5, 10, weights 0.4, 0.3, 0.2, 0.1). ``--time`` sets the horizon (defaults per case).
+2, 5, 10, weights 0.4, 0.3, 0.2, 0.1), and the two stationary cases of tests/test_coverage.py:
+``heavy8`` (the worked example at C = 8, 20,000 updates) and ``tied4`` (rates 1, 1, 4, 4,
+uniform, C = 4, 20,000 updates). ``--time`` or ``--updates`` sets the horizon (defaults per
+case).
 """
 
 from __future__ import annotations
@@ -40,26 +43,28 @@ def _one_per_client(rates: list[float], weights: list[float] | None = None) -> l
             for k, (r, w) in enumerate(zip(rates, weights))]
 
 
-CASES: dict[str, tuple[float, int, list[dict[str, Any]]]] = {
-    # (default horizon time, concurrency, client groups)
-    "heterogeneous": (500.0, 100, [
+CASES: dict[str, tuple[dict[str, float], int, list[dict[str, Any]]]] = {
+    # (default horizon, concurrency, client groups)
+    "heterogeneous": ({"time": 500.0}, 100, [
         {"group": "fast", "count": 20, "service": {"dist": "exponential", "rate": 4.0}},
         {"group": "medium", "count": 40, "service": {"dist": "exponential", "rate": 1.0}},
         {"group": "slow", "count": 30, "service": {"dist": "exponential", "rate": 0.25}},
         {"group": "straggler", "count": 10, "service": {"dist": "exponential", "rate": 0.05}},
     ]),
-    "mild": (1000.0, 20, _one_per_client([1.0, 1.0, 1.0, 0.6])),
-    "tied": (3000.0, 30, _one_per_client([0.6, 0.6, 1.0, 1.0])),
-    "heavy": (1000.0, 20, _one_per_client([1.0, 2.0, 5.0, 10.0], [0.4, 0.3, 0.2, 0.1])),
+    "mild": ({"time": 1000.0}, 20, _one_per_client([1.0, 1.0, 1.0, 0.6])),
+    "tied": ({"time": 3000.0}, 30, _one_per_client([0.6, 0.6, 1.0, 1.0])),
+    "heavy": ({"time": 1000.0}, 20, _one_per_client([1.0, 2.0, 5.0, 10.0], [0.4, 0.3, 0.2, 0.1])),
+    "heavy8": ({"updates": 20_000}, 8, _one_per_client([1.0, 2.0, 5.0, 10.0], [0.4, 0.3, 0.2, 0.1])),
+    "tied4": ({"updates": 20_000}, 4, _one_per_client([1.0, 1.0, 4.0, 4.0])),
 }
 
 
-def case_scenario(case: str, seed: int, horizon_time: float | None = None) -> Any:
+def case_scenario(case: str, seed: int, horizon: dict[str, float] | None = None) -> Any:
     """The scenario of ``case`` with ``seed`` (default warm-up and statistics settings)."""
-    default_time, concurrency, groups = CASES[case]
+    default, concurrency, groups = CASES[case]
     routing = "weights" if "routing_weight" in groups[0] else "uniform"
     return parse_scenario({"name": case, "seed": seed, "concurrency": concurrency, "routing": routing,
-                           "horizon": {"time": horizon_time or default_time}, "clients": groups})
+                           "horizon": horizon or default, "clients": groups})
 
 
 def flagged(stats_: Any) -> bool:
@@ -67,13 +72,13 @@ def flagged(stats_: Any) -> bool:
     return getattr(stats_, "warning", None) is not None
 
 
-def replicate(case: str, seeds: int, horizon_time: float | None = None) -> dict[str, Any]:
+def replicate(case: str, seeds: int, horizon: dict[str, float] | None = None) -> dict[str, Any]:
     """Coverage figures of ``case`` over ``seeds`` replications (seeds 1..seeds)."""
-    first = case_scenario(case, 1, horizon_time)
+    first = case_scenario(case, 1, horizon)
     exact = solve(first.mu, first.p, first.concurrency)
     cover_thr, cover_stale, flags, lag1, transient = [], [], [], [], []
     for seed in range(1, seeds + 1):
-        st = simulate(case_scenario(case, seed, horizon_time)).stats
+        st = simulate(case_scenario(case, seed, horizon)).stats
         c = st.clients
         cover_thr.append(abs(st.throughput - exact.throughput) <= st.throughput_ci)
         cover_stale.append(np.abs(c.staleness_mean - exact.staleness) <= c.staleness_ci)
@@ -95,7 +100,8 @@ def print_case(case: str, r: dict[str, Any], seconds: float) -> None:
     s, flag = r["scenario"], r["flagged"]
     runs = len(flag)
     ok = ~flag
-    print(f"{case}: n = {s.n_clients}, C = {s.concurrency}, T = {s.horizon.time:g}, {runs} seeds "
+    length = f"T = {s.horizon.time:g}" if s.horizon.time is not None else f"{s.horizon.updates:,} updates"
+    print(f"{case}: n = {s.n_clients}, C = {s.concurrency}, {length}, {runs} seeds "
           f"({seconds:.0f} s); flagged {flag.mean():.0%} (not stationary {r['transient'].mean():.0%}); 99% band of a 95% rate over {runs} runs "
           f"{binomial_band(runs)[0]:.3f}-{binomial_band(runs)[1]:.3f}")
     groups = [g.name for g in s.groups]
@@ -114,11 +120,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", type=int, default=200)
-    parser.add_argument("--time", type=float, default=None, help="horizon time (default per case)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--time", type=float, default=None, help="horizon time (default per case)")
+    length.add_argument("--updates", type=int, default=None, help="horizon in updates")
     args = parser.parse_args()
+    horizon = {"time": args.time} if args.time else {"updates": args.updates} if args.updates else None
     for case in args.cases:
         start = time.perf_counter()
-        r = replicate(case, args.seeds, args.time)
+        r = replicate(case, args.seeds, horizon)
         print_case(case, r, time.perf_counter() - start)
 
 
