@@ -5,8 +5,10 @@ with routing weights 2, 1, 1, 0.5, as in bench_engine.py) and C = n / 2 capped a
 fresh subprocess builds the engine with its tracker, runs ``--updates`` updates, computes the
 statistics, and reports its maximum resident set size. Updates per second count the run and
 the statistics (``Engine.run`` and ``Tracker.result``); building the network (one random
-stream and one station per client) is timed apart as "setup". The median over ``--repeats``
-subprocesses is printed, and the ratio of updates per second at the largest n to n = 100.
+stream and one station per client) is timed apart as "setup". The tracker's own time (its
+``on_records``, ``on_finish`` and ``result``) is timed too, per update, and the rest of the
+run is the engine's. The median over ``--repeats`` subprocesses is printed, and the ratios
+of the largest n to n = 100.
 
     python benchmarks/bench_scale.py [--updates 500000] [--repeats 3] [--sizes 10 100 1000 10000 100000]
 """
@@ -40,19 +42,39 @@ def scale_scenario(n: int, updates: int) -> Scenario:
     })
 
 
+class TimedTracker(Tracker):
+    """A Tracker that adds up the time spent in its own hooks."""
+
+    seconds = 0.0
+
+    def on_records(self, records: object) -> None:
+        start = time.perf_counter()
+        super().on_records(records)
+        self.seconds += time.perf_counter() - start
+
+    def on_finish(self, engine: Engine) -> None:
+        start = time.perf_counter()
+        super().on_finish(engine)
+        self.seconds += time.perf_counter() - start
+
+
 def measure(n: int, updates: int) -> dict[str, float]:
-    """In this process: setup seconds, updates per second, and max RSS (MB) at the end."""
+    """In this process: setup seconds, updates per second, the tracker's and the engine's
+    microseconds per update, and max RSS (MB) at the end."""
     import resource
 
     start = time.perf_counter()
     scenario = scale_scenario(n, updates)
-    tracker = Tracker(scenario)
+    tracker = TimedTracker(scenario)
     engine = Engine(scenario, [tracker])
     built = time.perf_counter()
     engine.run()
+    ran = time.perf_counter()
     tracker.result()
     done = time.perf_counter()
+    tracked = tracker.seconds + (done - ran)
     return {"setup_s": built - start, "updates_per_s": updates / (done - built),
+            "tracker_us": 1e6 * tracked / updates, "engine_us": 1e6 * (done - built - tracked) / updates,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -70,17 +92,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1_000, 10_000, 100_000])
     args = parser.parse_args()
     print(f"scale: {args.updates:,} updates, C = n/2 up to {MAX_CONCURRENCY}, median of {args.repeats} subprocesses")
-    print(f"  {'n':>8}{'C':>6}{'updates/s':>12}{'setup s':>9}{'peak MB':>9}")
-    rates = {}
+    print(f"  {'n':>8}{'C':>6}{'updates/s':>12}{'tracker us/upd':>16}{'engine us/upd':>15}{'setup s':>9}"
+          f"{'peak MB':>9}")
+    med = {}
     for n in args.sizes:
         runs = [measure_in_subprocess(n, args.updates) for _ in range(args.repeats)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        rates[n] = med["updates_per_s"]
-        c = max(1, min(n // 2, MAX_CONCURRENCY))
-        print(f"  {n:>8,}{c:>6}{med['updates_per_s']:>12,.0f}{med['setup_s']:>9.2f}{med['max_rss_mb']:>9.0f}")
-    if 100 in rates and len(rates) > 1:
-        top = max(rates)
-        print(f"  updates/s at n = {top:,} / at n = 100 = {rates[top] / rates[100]:.2f}  (target >= 0.5)")
+        med[n] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        m, c = med[n], max(1, min(n // 2, MAX_CONCURRENCY))
+        print(f"  {n:>8,}{c:>6}{m['updates_per_s']:>12,.0f}{m['tracker_us']:>16.2f}{m['engine_us']:>15.2f}"
+              f"{m['setup_s']:>9.2f}{m['max_rss_mb']:>9.0f}")
+    if 100 in med and len(med) > 1:
+        top = max(med)
+        print(f"  n = {top:,} against n = 100: updates/s {med[top]['updates_per_s'] / med[100]['updates_per_s']:.2f} "
+              f"(target >= 0.5); tracker time per update {med[top]['tracker_us'] / med[100]['tracker_us']:.1f}x; "
+              f"engine time per update {med[top]['engine_us'] / med[100]['engine_us']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ What it keeps:
   slot's time span (sparse: a slot of b updates touches at most b clients; at most
   ``slots`` x n pairs). Any window that starts on a slot boundary has exact per-client sums,
   and batches are groups of consecutive slots.
-- **quantile sketches**: per client and per segment of consecutive slots, counts of
-  staleness in logarithmic buckets (:mod:`fedsim.sketch`: exact below 128, within a relative
-  0.54% above); segments merge when the sketches pass a memory budget.
+- **quantile sketches**: per client and per segment of ``slots / 32`` consecutive slots,
+  counts of staleness in logarithmic buckets (:mod:`fedsim.sketch`: exact below 128, within
+  a relative 0.54% above); segments merge when the sketches pass a memory budget.
 - **fine series** (when the warm-up is detected): the staleness sum and the completion time
   of the last update of every batch of 5 updates (MSER-5), at most 16,384 of them (beyond,
   adjacent batches merge: 10, 20, ... updates).
@@ -60,7 +60,8 @@ FINE_CAP = 1 << 14  # batch means kept for MSER; beyond, adjacent ones merge
 MAX_SLOTS, MIN_SLOTS = 512, 128  # slots per run: the most, and the fewest the memory budget may leave
 SLOT_ENTRY_BUDGET = 1 << 21  # (slot, client) rows before the number of slots halves
 TEST_BATCHES = 4  # the independence test needs at least this many times statistics.batches batches
-SKETCH_ENTRY_BUDGET = 1 << 21  # (segment, client, bucket) counts before segments merge
+SKETCH_SEGMENTS = 32  # quantile sketches per client: one per segment of slots / 32 slots ...
+SKETCH_ENTRY_BUDGET = 1 << 21  # ... fewer, longer segments past this many (segment, client, bucket) counts
 TEST_LEVEL = 0.10  # family level of the independence test of the batch means
 STATIONARITY_LEVEL = 0.05  # family level of the stationarity test of the two series after truncation
 QUANTILES = (0.5, 0.9, 0.99)
@@ -107,8 +108,9 @@ class KeyedSums:
         keys = keys[order]
         first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         self.keys = keys[first]
-        self.sums = np.add.reduceat(sums[:, order], first, axis=1)
-        self.maxima = np.maximum.reduceat(maxima[:, order], first, axis=1) if len(maxima) else maxima[:, first]
+        self.sums = np.add.reduceat(np.take(sums, order, axis=1), first, axis=1)
+        self.maxima = (np.maximum.reduceat(np.take(maxima, order, axis=1), first, axis=1) if len(maxima)
+                       else maxima[:, first])
 
     def exceeds(self, rows: int) -> bool:
         """True when the table holds more than ``rows`` distinct keys (compacting to find out)."""
@@ -301,7 +303,7 @@ class Tracker:
         self.slot_start[0] = 0.0
         self.per_slot = KeyedSums(4, 1)  # key slot * n + client: updates, staleness, sojourn, presence; max
         self.sketch = KeyedSums(1)  # key (segment * n + client) * BUCKETS + bucket: count
-        self.segment_slots = 1
+        self.segment_slots = max(1, self.slots // SKETCH_SEGMENTS)
         self.fine_size = FINE_BATCH
         self.fine_stale = np.zeros(FINE_CAP)
         self.fine_end = np.zeros(FINE_CAP)
@@ -362,9 +364,13 @@ class Tracker:
         key = key[order]
         cell = key // BUCKETS
         rows = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        values = np.vstack([np.ones(len(rel)), staleness, t_done - t_dispatch, presence])[:, order]
-        self.per_slot.add(cell[rows] + s0 * n, np.add.reduceat(values, rows, axis=1),
-                          np.maximum.reduceat(staleness[order].astype(float), rows)[None, :])
+        stale_sorted = staleness[order]
+        sums = np.empty((4, len(rows)))
+        sums[0] = np.diff(np.r_[rows, len(key)])
+        sums[1] = np.add.reduceat(stale_sorted, rows)
+        sums[2] = np.add.reduceat((t_done - t_dispatch)[order], rows)
+        sums[_PRESENCE] = np.add.reduceat(presence[order], rows)
+        self.per_slot.add(cell[rows] + s0 * n, sums, np.maximum.reduceat(stale_sorted, rows)[None, :].astype(float))
         distinct = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         counts = np.diff(np.r_[distinct, len(key)]).astype(float)[None, :]
         cell = cell[distinct]
@@ -415,10 +421,7 @@ class Tracker:
         merged = self.slot_start[0::2]
         start[: len(merged)] = merged
         self.slot_start = start
-        if self.segment_slots > 1:  # segments keep their length in updates
-            self.segment_slots //= 2
-        else:
-            self._halve_segments()
+        self._halve_segments()  # segments keep their number of slots
 
     def _halve_segments(self) -> None:
         """Merge adjacent sketch segments (segment k of the new series is 2k and 2k + 1)."""
@@ -553,7 +556,8 @@ class Tracker:
         order = np.argsort(key)
         key = key[order]
         rows = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
-        values = np.add.reduceat(sums[:, sel][:, order], rows, axis=1) if len(key) else np.zeros((4, 0))
+        values = np.add.reduceat(np.take(sums, np.flatnonzero(sel)[order], axis=1), rows, axis=1) if len(key) \
+            else np.zeros((4, 0))
         return _Batches(k=k, client=key[rows] // max(k, 1), batch=key[rows] % max(k, 1), sums=values,
                         duration=np.diff(self.slot_start[s_w: s_w + k * g + 1: g]))
 
