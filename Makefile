@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_sweep.py
 

@@ -81,7 +81,7 @@ def staleness_figure(clients: pd.DataFrame, title: str, warning: str | None = No
                 spine.set(color="#b00000", linewidth=2)
     top = 1.0 - 0.035 * lines
     fig.suptitle(title, y=top - 0.005, va="top")
-    fig.tight_layout(rect=(0, 0, 1, top - 0.03))
+    fig.tight_layout(rect=(0, 0, 1, top))
     return fig
 
 
@@ -91,8 +91,10 @@ def _per_client_panel(ax: plt.Axes, clients: pd.DataFrame, palette: dict, log: b
                     fmt="o", ms=3, color=palette[group], alpha=0.85, capsize=1.5, label=f"{group} (simulated)")
         ax.scatter(part["client"], part["staleness_analytic"], marker="_", s=120, color="black", zorder=3)
     ax.scatter([], [], marker="_", s=120, color="black", label="analytical")
-    if log:
+    if log:  # bars that reach zero run off the bottom, which stays near the smallest value
+        values = clients[["staleness_analytic", "staleness_sim"]].to_numpy(dtype=float).ravel()
         ax.set_yscale("log")
+        ax.set_ylim(bottom=values[np.isfinite(values) & (values > 0)].min() / 3)
     ax.set(xlabel="client", ylabel="mean staleness (updates)", title="per client (bars: confidence interval)")
     ax.legend(fontsize=8)
 
