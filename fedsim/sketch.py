@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 EXACT_BELOW = 128
-BUCKETS_PER_OCTAVE = 64
+BUCKETS_PER_OCTAVE = 32
 GAMMA = 2.0 ** (1.0 / BUCKETS_PER_OCTAVE)
 ALPHA = (GAMMA - 1.0) / (GAMMA + 1.0)
 BUCKETS = EXACT_BELOW + BUCKETS_PER_OCTAVE * 56  # every staleness below 2^63

@@ -60,12 +60,39 @@ FINE_CAP = 1 << 14  # batch means kept for MSER; beyond, adjacent ones merge
 MAX_SLOTS, MIN_SLOTS = 512, 128  # slots per run: the most, and the fewest the memory budget may leave
 SLOT_ENTRY_BUDGET = 1 << 21  # (slot, client) rows before the number of slots halves
 TEST_BATCHES = 4  # the independence test needs at least this many times statistics.batches batches
-SKETCH_SEGMENTS = 32  # quantile sketches per client: one per segment of slots / 32 slots ...
+SKETCH_SEGMENTS = 32  # quantile sketches per client: 32 segments of the horizon's first half, one for the rest ...
 SKETCH_ENTRY_BUDGET = 1 << 21  # ... fewer, longer segments past this many (segment, client, bucket) counts
 TEST_LEVEL = 0.10  # family level of the independence test of the batch means
 STATIONARITY_LEVEL = 0.05  # family level of the stationarity test of the two series after truncation
 QUANTILES = (0.5, 0.9, 0.99)
 _PRESENCE = 3  # column of the time-at-client sums in the slot table
+
+
+DENSE_KEYS = 1 << 12  # key ranges up to this (or 8 times the rows) are grouped by counting, not sorting
+
+
+def grouping(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``keys`` (integers in [0, size)), increasing, and the group
+    number of every row: by counting in O(rows + size) when the range is small, by sorting
+    otherwise."""
+    if size <= max(DENSE_KEYS, 8 * len(keys)):
+        present = np.bincount(keys, minlength=size) > 0
+        return np.flatnonzero(present), (np.cumsum(present) - 1)[keys]
+    return np.unique(keys, return_inverse=True)
+
+
+def group_sums(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
+    """Sum of every row of ``values`` (columns: the rows being grouped) within each group."""
+    return np.vstack([np.bincount(group, weights=v, minlength=groups) for v in values]) if len(values) \
+        else np.zeros((0, groups))
+
+
+def group_maxima(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
+    """Maximum of every row of ``values`` within each group (-inf for an empty one)."""
+    out = np.full((len(values), groups), -np.inf)
+    for row, v in zip(out, values):
+        np.maximum.at(row, group, v)
+    return out
 
 
 class KeyedSums:
@@ -104,13 +131,9 @@ class KeyedSums:
         self._pending, self._pending_rows = [], 0
         if len(keys) == 0:
             return
-        order = np.argsort(keys)
-        keys = keys[order]
-        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        self.keys = keys[first]
-        self.sums = np.add.reduceat(np.take(sums, order, axis=1), first, axis=1)
-        self.maxima = (np.maximum.reduceat(np.take(maxima, order, axis=1), first, axis=1) if len(maxima)
-                       else maxima[:, first])
+        self.keys, group = grouping(keys, int(keys.max()) + 1)
+        self.sums = group_sums(group, len(self.keys), sums)
+        self.maxima = group_maxima(group, len(self.keys), maxima)
 
     def exceeds(self, rows: int) -> bool:
         """True when the table holds more than ``rows`` distinct keys (compacting to find out)."""
@@ -131,6 +154,54 @@ class KeyedSums:
         """(keys, sums, maxima), sorted by key, one row per key; values by column."""
         self.compact()
         return self.keys, self.sums, self.maxima
+
+
+class SegmentSketches:
+    """Staleness bucket counts per client, one table per segment of the run (a
+    :class:`KeyedSums` keyed by client * BUCKETS + bucket): ``count`` segments of equal length
+    over the first half of the horizon, then one for the second half. ``first[g]`` is the
+    first update index seen in segment g (-1: none yet)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.segments = [KeyedSums(1) for _ in range(count + 1)]
+        self.first = np.full(count + 1, -1, dtype=np.int64)
+
+    def add(self, segment: int, keys: np.ndarray, counts: np.ndarray, first: int) -> None:
+        """Add counts to ``segment`` (segments are filled in order; a finished one is compacted)."""
+        if self.first[segment] < 0:
+            for finished in self.segments[:segment]:
+                finished.compact()
+            self.first[segment] = first
+        self.segments[segment].add(keys, counts[None, :])
+
+    def rows(self) -> int:
+        """Rows held (compacted and pending)."""
+        return sum(len(t.keys) + t._pending_rows for t in self.segments)
+
+    def halve(self) -> None:
+        """Half as many segments in the first half: segment k is segments 2k and 2k + 1 of the old."""
+        merged = []
+        for pair in range(0, self.count, 2):
+            table = KeyedSums(1)
+            for part in self.segments[pair: pair + 2]:
+                keys, counts, _ = part.table()
+                table.add(keys, counts)
+            table.compact()
+            merged.append(table)
+        firsts = self.first[: self.count].reshape(-1, 2)
+        self.first = np.r_[np.where(firsts[:, 0] >= 0, firsts[:, 0], firsts[:, 1]), self.first[-1]]
+        self.segments = merged + self.segments[-1:]
+        self.count //= 2
+
+    def counts(self, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """(client * BUCKETS + bucket, count) over the segments from ``first`` on, sorted by key."""
+        table = KeyedSums(1)
+        for part in self.segments[first:]:
+            keys, counts, _ = part.table()
+            table.add(keys, counts)
+        keys, counts, _ = table.table()
+        return keys, counts[0] if len(counts) else np.zeros(0)
 
 
 @dataclass(frozen=True)
@@ -302,8 +373,7 @@ class Tracker:
         self.slot_start = np.full(self.slots + 2, np.inf)  # start time of every slot (inf: not yet)
         self.slot_start[0] = 0.0
         self.per_slot = KeyedSums(4, 1)  # key slot * n + client: updates, staleness, sojourn, presence; max
-        self.sketch = KeyedSums(1)  # key (segment * n + client) * BUCKETS + bucket: count
-        self.segment_slots = max(1, self.slots // SKETCH_SEGMENTS)
+        self.sketch = SegmentSketches(SKETCH_SEGMENTS)
         self.fine_size = FINE_BATCH
         self.fine_stale = np.zeros(FINE_CAP)
         self.fine_end = np.zeros(FINE_CAP)
@@ -357,35 +427,49 @@ class Tracker:
             self.slot_start[s] = t_done[s * b - 1 - rel[0]]
         start = self.slot_start[slot]
         presence = t_done - np.maximum(t_dispatch, start)
-        # one sort by (slot, client, bucket) gives both the slot table rows and the sketch counts
+        # the slot table: one row per (slot, client) of the chunk
         s0 = int(slot[0])
-        key = ((slot - s0) * n + client) * BUCKETS + bucket_of(staleness)
-        order = np.argsort(key)
-        key = key[order]
-        cell = key // BUCKETS
-        rows = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        stale_sorted = staleness[order]
-        sums = np.empty((4, len(rows)))
-        sums[0] = np.diff(np.r_[rows, len(key)])
-        sums[1] = np.add.reduceat(stale_sorted, rows)
-        sums[2] = np.add.reduceat((t_done - t_dispatch)[order], rows)
-        sums[_PRESENCE] = np.add.reduceat(presence[order], rows)
-        self.per_slot.add(cell[rows] + s0 * n, sums, np.maximum.reduceat(stale_sorted, rows)[None, :].astype(float))
-        distinct = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        counts = np.diff(np.r_[distinct, len(key)]).astype(float)[None, :]
-        cell = cell[distinct]
-        segment = (cell // n + s0) // self.segment_slots
-        self.sketch.add((segment * n + cell % n) * BUCKETS + key[distinct] % BUCKETS, counts)
+        cells, group = grouping((slot - s0) * n + client, (int(slot[-1]) - s0 + 1) * n)
+        values = np.vstack([np.ones(len(rel)), staleness, t_done - t_dispatch, presence])
+        self.per_slot.add(cells + s0 * n, group_sums(group, len(cells), values),
+                          group_maxima(group, len(cells), staleness[None, :].astype(float)))
+        # the sketches: one count per (segment, client, bucket) of the chunk
+        bucket = bucket_of(staleness)
+        b0, width = int(bucket.min()), int(bucket.max() - bucket.min()) + 1
+        segment = self._segment(rel, t_done)
+        g0 = int(segment[0])
+        local = ((segment - g0) * n + client) * width + (bucket - b0)
+        keys, group = grouping(local, (int(segment[-1]) - g0 + 1) * n * width)
+        counts = np.bincount(group, minlength=len(keys)).astype(float)
+        cell, bucket = keys // width, keys % width + b0
+        where = cell // n
+        firsts = np.searchsorted(segment, g0 + np.arange(int(where[-1]) + 1))
+        for g in range(int(where[-1]) + 1):
+            rows = slice(*np.searchsorted(where, [g, g + 1]))
+            if rows.start < rows.stop:
+                self.sketch.add(g0 + g, (cell[rows] % n) * BUCKETS + bucket[rows], counts[rows],
+                                self.origin + int(rel[firsts[g]]))
         while self.slots > MIN_SLOTS and self.per_slot.exceeds(SLOT_ENTRY_BUDGET):
             self.slots //= 2
             self._halve_slots()
-        while self.segment_slots < self.slots and self.sketch.exceeds(SKETCH_ENTRY_BUDGET):
-            self.segment_slots *= 2
-            self._halve_segments()
+        while self.sketch.count > 1 and self.sketch.rows() > SKETCH_ENTRY_BUDGET:
+            self.sketch.halve()
         # tasks that arrived before their completion slot began were also present in earlier slots
         early = (t_dispatch < start) & (slot > 0)
         if early.any():
             self._add_presence(client[early], t_dispatch[early], start[early], slot[early] - 1)
+
+    def _segment(self, rel: np.ndarray, t_done: np.ndarray) -> np.ndarray:
+        """Sketch segment of every update: its position in the first half of the horizon (in
+        updates, or in time), cut into ``sketch.count`` equal parts; ``sketch.count`` past it."""
+        count = self.sketch.count
+        if self.horizon.updates is not None:
+            span, position = self.horizon.updates // 2 - self.origin, rel
+        else:
+            span, position = self.horizon.time / 2 - self.slot_start[0], t_done - self.slot_start[0]
+        if span <= 0:
+            return np.full(len(rel), count, dtype=np.int64)
+        return np.minimum((position * count) // span, count).astype(np.int64)
 
     def _add_presence(self, client: np.ndarray, t_from: np.ndarray, t_to: np.ndarray, last: np.ndarray) -> None:
         """Time each task spent at its client in slots up to ``last``, between t_from and t_to."""
@@ -421,12 +505,6 @@ class Tracker:
         merged = self.slot_start[0::2]
         start[: len(merged)] = merged
         self.slot_start = start
-        self._halve_segments()  # segments keep their number of slots
-
-    def _halve_segments(self) -> None:
-        """Merge adjacent sketch segments (segment k of the new series is 2k and 2k + 1)."""
-        width = self.n * BUCKETS
-        self.sketch.rekey(lambda k: (k // width // 2) * width + k % width)
 
     def on_finish(self, engine: Engine) -> None:
         self.end_time = engine.env.now
@@ -452,16 +530,16 @@ class Tracker:
         keys, sums, maxima = self.per_slot.table()
         slot, client = keys // n, keys % n
         win = slot >= s_w
-        count, stale, sojourn, presence = (np.bincount(client[win], weights=sums[j, win], minlength=n)
-                                           for j in range(4))
+        slot, client, sums = slot[win] - s_w, client[win], sums[:, win]  # slots counted from the window's start
+        count, stale, sojourn, presence = (np.bincount(client, weights=row, minlength=n) for row in sums)
         smax = np.full(n, -1.0)
-        np.maximum.at(smax, client[win], maxima[0, win])
+        np.maximum.at(smax, client, maxima[0, win])
         test, g = self._batch_size(slot, client, sums, s_w, full - s_w, int(count.max(initial=0)))
         k = (full - s_w) // g
         batches = self._batches(slot, client, sums, s_w, g, k)
         duration = self.end_time - t_w
         window_updates = int(count.sum())
-        p50, p90, p99, q_first = self._quantiles(s_w, full)
+        p50, p90, p99, q_first = self._quantiles(s_w)
         with np.errstate(invalid="ignore", divide="ignore"):
             clients = ClientStatistics(
                 completions=count.astype(np.int64),
@@ -505,11 +583,14 @@ class Tracker:
             return Warmup(method="fixed", updates=int(self.origin), resolution=b), 0
         total, f = self.updates, self.fine_size
         m = total // f
+        # the window starts at most half-way (in updates, and for a time horizon in time too)
+        tail = int(self.sketch.first[-1])
+        half = min(total // 2, tail if tail >= 0 else total)
         least = max(2 * MSER_MIN_TAIL, 2 * VARIANCE_BATCHES)
         if m < least:
             reason = (f"not stationary: {total} updates are too few to detect the end of the warm-up (at least "
                       f"{least * FINE_BATCH} needed); the window starts half-way; run longer")
-            s_w = min(-(-(total // 2) // b), full)
+            s_w = min(-(-half // b), full)
             return Warmup(method="mser-5", updates=s_w * b, resolution=b, stationary=False, reason=reason,
                           fine_batch=f), s_w
         series = {"staleness": self.fine_stale[:m] / f, "time per update": np.diff(self.fine_end[:m], prepend=0.0)}
@@ -519,14 +600,14 @@ class Tracker:
         late = [name for name, (start, _) in starts.items() if start is None]
         reason = None
         if late:
-            point = total // 2
+            point = half
             w2 = ", ".join(f"W^2 = {starts[name][1]:.2f}" for name in late)
             reason = (f"not stationary: the {' and '.join(late)} series does not settle in the first half of the run "
                       f"(MSER-5 truncation at update {d * f} of {total}; stationarity test {w2}); the window starts "
                       "half-way; run longer")
         else:
             point = max(start for start, _ in starts.values()) * f
-        s_w = min(-(-min(point, total // 2) // b), full)
+        s_w = min(-(-min(point, half) // b), full)
         return Warmup(method="mser-5", updates=s_w * b, resolution=b, stationary=not late, reason=reason,
                       staleness_point=points["staleness"] * f, throughput_point=points["time per update"] * f,
                       fine_batch=f), s_w
@@ -550,15 +631,12 @@ class Tracker:
         return replace(warmup, stationary=False, reason="; ".join(r for r in (warmup.reason, reason) if r))
 
     def _batches(self, slot: np.ndarray, client: np.ndarray, sums: np.ndarray, s_w: int, g: int, k: int) -> _Batches:
-        """Per-(client, batch) sums over the k batches of g slots that start at slot s_w."""
-        sel = (slot >= s_w) & (slot < s_w + k * g)
-        key = client[sel] * k + (slot[sel] - s_w) // g
-        order = np.argsort(key)
-        key = key[order]
-        rows = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
-        values = np.add.reduceat(np.take(sums, np.flatnonzero(sel)[order], axis=1), rows, axis=1) if len(key) \
-            else np.zeros((4, 0))
-        return _Batches(k=k, client=key[rows] // max(k, 1), batch=key[rows] % max(k, 1), sums=values,
+        """Per-(client, batch) sums over the k batches of g slots that start at slot s_w (rows
+        of the window: ``slot`` counted from s_w)."""
+        sel = slot < k * g
+        keys, group = grouping(client[sel] * k + slot[sel] // g, self.n * k)
+        return _Batches(k=k, client=keys // max(k, 1), batch=keys % max(k, 1),
+                        sums=group_sums(group, len(keys), sums[:, sel]),
                         duration=np.diff(self.slot_start[s_w: s_w + k * g + 1: g]))
 
     def _batch_size(self, slot: np.ndarray, client: np.ndarray, sums: np.ndarray, s_w: int, window_slots: int,
@@ -567,7 +645,7 @@ class Tracker:
         (in slots) the intervals use. ``most`` is the largest number of updates of a client in
         the window: with fewer than k, no client series is tested at k batches."""
         updates = sums[0] > 0  # rows of time at a client only do not enter the staleness series
-        slot, client, sums = slot[updates], client[updates], sums[:, updates]
+        slot, client, sums = slot[updates], client[updates], sums[:2, updates]
         least = TEST_BATCHES * self.min_batches
         g_default = 1
         while window_slots // (2 * g_default) >= self.min_batches:
@@ -642,25 +720,17 @@ class Tracker:
         se = np.sqrt(sq / (k * (k - 1))) / (d.sum() / k)
         return stats.t.ppf(0.5 + self.level / 2, k - 1) * se
 
-    def _quantiles(self, s_w: int, full: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Staleness quantiles per client over the sketch segments from the first one starting
-        at or after slot s_w (or, when that would leave less than half of the window's ``full
-        - s_w`` slots, from the last one starting before it), and the update index where those
-        segments start."""
-        n = self.n
-        keys, counts, _ = self.sketch.table()
-        cell = keys // BUCKETS
-        first_segment = -(-s_w // self.segment_slots)
-        if first_segment * self.segment_slots > s_w + (full - s_w) // 2:
-            first_segment = s_w // self.segment_slots
-        sel = cell // n >= first_segment
-        key = (cell[sel] % n) * BUCKETS + keys[sel] % BUCKETS
-        order = np.argsort(key)
-        key, weight = key[order], counts[0, sel][order]
-        rows = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
-        merged = np.add.reduceat(weight, rows) if len(key) else np.zeros(0)
-        q = sketch_quantiles(key[rows] // BUCKETS, key[rows] % BUCKETS, merged, n, QUANTILES)
-        return q[0], q[1], q[2], int(self.origin + first_segment * self.segment_slots * self.slot_size)
+    def _quantiles(self, s_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Staleness quantiles per client over the sketch segments from the first one that
+        starts at or after slot s_w, and the update index where those segments start."""
+        start = np.array([s_w * self.slot_size])
+        first = int(self._segment(start, self.slot_start[s_w: s_w + 1])[0])
+        if self.sketch.first[first] != start[0] + self.origin:  # s_w is inside segment `first`
+            first = min(first + 1, self.sketch.count)
+        key, counts = self.sketch.counts(first)
+        q = sketch_quantiles(key // BUCKETS, key % BUCKETS, counts, self.n, QUANTILES)
+        seen = self.sketch.first[first:]
+        return q[0], q[1], q[2], int(seen[seen >= 0].min(initial=self.updates))
 
     def _empty(self) -> RunStatistics:
         """Statistics of a run that ended inside its fixed warm-up: nothing measured."""

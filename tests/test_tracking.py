@@ -142,7 +142,7 @@ def test_tracker_equals_direct_computation(case, monkeypatch):
     assert st.batches >= scenario.statistics.batches and st.window_updates > 0
     if case == "auto-heavy":
         assert tracker.slots < 128  # the budget halved the slots
-    assert tracker.segment_slots > 128 // tracking.SKETCH_SEGMENTS  # the sketch budget merged segments
+    assert tracker.sketch.count < tracking.SKETCH_SEGMENTS  # the sketch budget merged segments
     ref = direct(rec, scenario, st)
     c = st.clients
     assert np.array_equal(c.completions, ref["completions"])
@@ -194,7 +194,7 @@ def test_keyed_sums_equal_a_dictionary():
 
 
 def test_sketch_quantiles_within_alpha_of_exact():
-    """Relative error at most ALPHA (0.54%) against exact inverted-CDF quantiles, exact below 128."""
+    """Relative error at most ALPHA (1.08%) against exact inverted-CDF quantiles, exact below 128."""
     rng = np.random.default_rng(5)
     owners = 60
     sizes = rng.integers(1, 3000, owners)
@@ -215,7 +215,7 @@ def test_sketch_quantiles_within_alpha_of_exact():
                 worst = max(worst, abs(got[k, i] - exact) / exact)
     assert worst <= ALPHA
     assert worst > ALPHA / 4  # large values were really approximated (the bound is not vacuous)
-    assert ALPHA == pytest.approx(0.0054, abs=1e-4)
+    assert ALPHA == pytest.approx(0.0108, abs=1e-4)
 
 
 def test_mser_finds_a_transient_and_the_stationarity_test_catches_a_trend():
@@ -337,8 +337,7 @@ def test_memory_does_not_grow_with_the_run():
         tracker = Tracker(scenario)
         Engine(scenario, [tracker]).run()
         keys, _, _ = tracker.per_slot.table()
-        sketch, _, _ = tracker.sketch.table()
         n = scenario.n_clients
         assert len(keys) <= tracker.slots * n + 2 * tracker.slots * scenario.concurrency
-        assert len(sketch) <= tracker.slots // tracker.segment_slots * n * (bucket_of(np.array([updates]))[0] + 1)
+        assert tracker.sketch.rows() <= (tracker.sketch.count + 1) * n * (bucket_of(np.array([updates]))[0] + 1)
         assert len(tracker.fine_stale) == tracking.FINE_CAP
