@@ -1,11 +1,11 @@
 """Quantiles of integer staleness with a relative-error guarantee: logarithmic buckets.
 
 A value s < EXACT_BELOW (128) has a bucket of its own (quantiles there are exact). A value
-s >= 128 goes to bucket 128 + floor(64 log2(s / 128)): the buckets above 128 are the real
-intervals [L, L gamma) with gamma = 2^(1/64), and a bucket is reported by the value
+s >= 128 goes to bucket 128 + floor(32 log2(s / 128)): the buckets above 128 are the real
+intervals [L, L gamma) with gamma = 2^(1/32), and a bucket is reported by the value
 2 L U / (L + U) (U = L gamma), which lies within a relative
 
-    ALPHA = (gamma - 1) / (gamma + 1) = 0.54%
+    ALPHA = (gamma - 1) / (gamma + 1) = 1.08%
 
 of every point of the bucket. Counts per bucket are exact, so the bucket holding the
 q-quantile is the exact one, and a reported quantile q' satisfies |q' - q| <= ALPHA q, where
@@ -13,7 +13,7 @@ q is the exact inverted-CDF quantile (the smallest s with P(S <= s) >= q). This 
 mapping of DDSketch (Masson, Rim & Lee 2019, "DDSketch: a fast and fully-mergeable quantile
 sketch with relative-error guarantees", PVLDB 12(12)), with exact buckets at the bottom.
 Sketches of two sets of values merge by adding their counts bucket by bucket; a client's
-sketch has at most ``bucket_of(largest staleness) + 1`` buckets (194 up to 256, 512 up to
+sketch has at most ``bucket_of(largest staleness) + 1`` buckets (161 up to 256, 417 up to
 65,536), whatever the number of updates.
 """
 

@@ -15,9 +15,10 @@ What it keeps:
   slot's time span (sparse: a slot of b updates touches at most b clients; at most
   ``slots`` x n pairs). Any window that starts on a slot boundary has exact per-client sums,
   and batches are groups of consecutive slots.
-- **quantile sketches**: per client and per segment of ``slots / 32`` consecutive slots,
-  counts of staleness in logarithmic buckets (:mod:`fedsim.sketch`: exact below 128, within
-  a relative 0.54% above); segments merge when the sketches pass a memory budget.
+- **quantile sketches**: per client, counts of staleness in logarithmic buckets
+  (:mod:`fedsim.sketch`: exact below 128, within a relative 1.08% above), one sketch per
+  segment: 32 equal segments of the first half of the horizon (in updates, or in time), one
+  for the second half; segments merge pairwise past a memory budget.
 - **fine series** (when the warm-up is detected): the staleness sum and the completion time
   of the last update of every batch of 5 updates (MSER-5), at most 16,384 of them (beyond,
   adjacent batches merge: 10, 20, ... updates).
@@ -211,7 +212,7 @@ class ClientStatistics:
     completions: np.ndarray
     staleness_mean: np.ndarray
     staleness_ci: np.ndarray  # half-width of the confidence interval (nan when not estimable)
-    staleness_p50: np.ndarray  # quantiles: exact below 128, within 0.54% above (fedsim.sketch)
+    staleness_p50: np.ndarray  # quantiles: exact below 128, within 1.08% above (fedsim.sketch)
     staleness_p90: np.ndarray
     staleness_p99: np.ndarray
     staleness_max: np.ndarray
