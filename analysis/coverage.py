@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +46,8 @@ def _one_per_client(rates: list[float], weights: list[float] | None = None) -> l
 
 CASES: dict[str, tuple[dict[str, float], int, list[dict[str, Any]]]] = {
     # (default horizon, concurrency, client groups)
-    "heterogeneous": ({"time": 500.0}, 100, [
-        {"group": "fast", "count": 20, "service": {"dist": "exponential", "rate": 4.0}},
-        {"group": "medium", "count": 40, "service": {"dist": "exponential", "rate": 1.0}},
-        {"group": "slow", "count": 30, "service": {"dist": "exponential", "rate": 0.25}},
-        {"group": "straggler", "count": 10, "service": {"dist": "exponential", "rate": 0.05}},
-    ]),
+    "heterogeneous": ({"time": 500.0}, 100,
+                      yaml.safe_load((REPO / "scenarios" / "heterogeneous.yaml").read_text())["clients"]),
     "mild": ({"time": 1000.0}, 20, _one_per_client([1.0, 1.0, 1.0, 0.6])),
     "tied": ({"time": 3000.0}, 30, _one_per_client([0.6, 0.6, 1.0, 1.0])),
     "heavy": ({"time": 1000.0}, 20, _one_per_client([1.0, 2.0, 5.0, 10.0], [0.4, 0.3, 0.2, 0.1])),

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
+from conftest import REPO
 from fedsim.analytic import solve
 from fedsim.run import simulate
 from fedsim.scenario import parse_scenario
@@ -37,10 +39,7 @@ REPLICATIONS = 200
 LEVEL = 0.95
 FAMILY_ALPHA = 0.01
 
-HETEROGENEOUS = [{"group": "fast", "count": 20, "service": {"dist": "exponential", "rate": 4.0}},
-                 {"group": "medium", "count": 40, "service": {"dist": "exponential", "rate": 1.0}},
-                 {"group": "slow", "count": 30, "service": {"dist": "exponential", "rate": 0.25}},
-                 {"group": "straggler", "count": 10, "service": {"dist": "exponential", "rate": 0.05}}]
+HETEROGENEOUS = yaml.safe_load((REPO / "scenarios" / "heterogeneous.yaml").read_text())["clients"]
 
 
 def one_per_client(rates, weights):

@@ -16,10 +16,12 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 import fedsim.engine as engine_module
 import fedsim.tracking as tracking
+from conftest import REPO
 from fedsim.cli import main
 from fedsim.engine import Engine
 from fedsim.errors import ScenarioError
@@ -272,10 +274,7 @@ def test_sparse_residual_sums_equal_dense():
     np.testing.assert_allclose(sq_diff, (np.diff(dense, axis=1) ** 2).sum(1), rtol=1e-12, atol=1e-12)
 
 
-HETEROGENEOUS = [{"group": "fast", "count": 20, "service": {"dist": "exponential", "rate": 4.0}},
-                 {"group": "medium", "count": 40, "service": {"dist": "exponential", "rate": 1.0}},
-                 {"group": "slow", "count": 30, "service": {"dist": "exponential", "rate": 0.25}},
-                 {"group": "straggler", "count": 10, "service": {"dist": "exponential", "rate": 0.05}}]
+HETEROGENEOUS = yaml.safe_load((REPO / "scenarios" / "heterogeneous.yaml").read_text())["clients"]
 
 
 def test_transient_run_is_flagged_everywhere(tmp_path, write_yaml, capsys):
