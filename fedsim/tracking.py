@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -105,6 +106,18 @@ def histogram_quantile(hist: np.ndarray, q: float) -> float:
     return float(np.searchsorted(cdf, q * cdf[-1], side="left"))
 
 
+TRACE_COLUMNS = (("client", np.int32), ("dispatch_update", np.int64), ("apply_update", np.int64),
+                 ("staleness", np.int64), ("dispatch_time", np.float64), ("completion_time", np.float64))
+"""The columns of a trace (trace.parquet), one row per completed task, and their types."""
+
+
+def trace_columns(r: CompletionRecords) -> list[np.ndarray]:
+    """The trace rows of a chunk of completion records, column by column (:data:`TRACE_COLUMNS`)."""
+    apply = r.apply
+    return [r.client.astype(np.int32), r.dispatch_update, apply, apply - r.dispatch_update, r.dispatch_time,
+            r.completion_time]
+
+
 class TraceWriter:
     """Engine observer writing one Parquet row per completed task, a row group per chunk.
 
@@ -117,20 +130,32 @@ class TraceWriter:
         import pyarrow.parquet as pq
 
         self._pa = pa
-        self.schema = pa.schema([
-            ("client", pa.int32()), ("dispatch_update", pa.int64()), ("apply_update", pa.int64()),
-            ("staleness", pa.int64()), ("dispatch_time", pa.float64()), ("completion_time", pa.float64()),
-        ])
+        self.schema = pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in TRACE_COLUMNS])
         self._writer = pq.ParquetWriter(path, self.schema)
 
     def on_records(self, r: CompletionRecords) -> None:
-        apply = r.apply
-        cols = [r.client.astype(np.int32), r.dispatch_update, apply, apply - r.dispatch_update, r.dispatch_time,
-                r.completion_time]
-        self._writer.write_table(self._pa.Table.from_arrays(cols, schema=self.schema))
+        self._writer.write_table(self._pa.Table.from_arrays(trace_columns(r), schema=self.schema))
 
     def on_finish(self, engine: Engine) -> None:
         self._writer.close()
+
+
+class TraceTable:
+    """Engine observer keeping the trace in memory; :meth:`frame` is trace.parquet's table."""
+
+    def __init__(self) -> None:
+        self._chunks: list[list[np.ndarray]] = []
+
+    def on_records(self, r: CompletionRecords) -> None:
+        self._chunks.append(trace_columns(r))
+
+    def frame(self) -> Any:
+        """The trace as a pandas DataFrame."""
+        import pandas as pd
+
+        parts = list(zip(*self._chunks)) if self._chunks else [() for _ in TRACE_COLUMNS]
+        return pd.DataFrame({name: np.concatenate(p).astype(dtype, copy=False) if p else np.zeros(0, dtype)
+                             for (name, dtype), p in zip(TRACE_COLUMNS, parts)})
 
 
 class Tracker:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ScenarioError
@@ -120,6 +122,15 @@ def resolve_factory(name: str, path: str) -> Callable[..., Any]:
     if not callable(factory):
         raise ScenarioError(path, f"{module_name!r} has no callable {attr!r}")
     return factory
+
+
+def factory_source(name: str) -> Path | None:
+    """The source file of the (already imported) module of a ``package.module:factory`` model."""
+    if not is_factory_path(name):
+        return None
+    module = sys.modules.get(name.split(":")[0])
+    file = getattr(module, "__file__", None)
+    return Path(file) if file else None
 
 
 def build_model(name: str, params: dict[str, Any], input_shape: tuple[int, ...], classes: int,

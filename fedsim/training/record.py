@@ -115,20 +115,17 @@ class Monitor:
 
 
 def _fmt(row: Row) -> list[str]:
-    return [str(row[0])] + [f"{x:.10g}" for x in row[1:]]
+    return [str(row[0])] + [repr(float(x)) for x in row[1:]]  # shortest text that reads back exactly
 
 
 def training_figure(curve: pd.DataFrame, title: str) -> Any:
     """Test accuracy (top) and train/test loss (bottom) against simulated time (left) and
-    against updates (right)."""
-    import matplotlib
+    against updates (right). A pyplot-free ``Figure`` (build and save it inside
+    :func:`fedsim.plots.figure_style`)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex="col")
+    fig = Figure(figsize=(12, 7.5))
+    axes = fig.subplots(2, 2, sharex="col")
     for col, x, label in ((0, "sim_time", "simulated time"), (1, "update", "updates applied")):
         axes[0, col].plot(curve[x], curve["test_accuracy"], marker="o", ms=3, color="C0")
         axes[0, col].set(ylabel="test accuracy", title=f"accuracy vs {label}")
