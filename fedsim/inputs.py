@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import yaml.reader
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent
@@ -49,19 +50,19 @@ def one_line(text: str) -> str:
 def check_regular_file(path: Path, field: str, what: str, limit: int) -> int:
     """The size of ``path``, which must be a regular file of at most ``limit`` bytes.
 
-    Raises ScenarioError(``field``) naming ``what`` (``scenario file`` when the field is the
-    file's path, ``durations file 'x.csv'`` otherwise).
+    Raises ScenarioError(``field``, "cannot read <what>: <why>"), ``what`` naming the file
+    (``scenario file`` when the field is its path, ``'durations.csv'`` otherwise).
     """
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise ScenarioError(field, f"cannot read {what} ({exc.strerror or exc})") from None
+        raise ScenarioError(field, f"cannot read {what}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode) \
-            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file"
-        raise ScenarioError(field, f"{what} is {kind}; give a regular file")
+            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a special file"
+        raise ScenarioError(field, f"cannot read {what}: it is {kind}; give a regular file")
     if info.st_size > limit:
-        raise ScenarioError(field, f"{what} is {info.st_size:,} bytes, above the limit of "
+        raise ScenarioError(field, f"cannot read {what}: {info.st_size:,} bytes, above the limit of "
                             f"{limit:,}")
     return info.st_size
 
@@ -77,10 +78,10 @@ def read_bytes(path: str | Path, field: str, what: str, limit: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ScenarioError(field, f"cannot read {what} ({exc.strerror or exc})") from None
+        raise ScenarioError(field, f"cannot read {what}: {exc.strerror or exc}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ScenarioError(field, f"{what} is not a regular file")
+            raise ScenarioError(field, f"cannot read {what}: not a regular file")
         chunks, size = [], 0
         while size <= limit:
             chunk = os.read(fd, min(1 << 20, limit + 1 - size))
@@ -89,11 +90,11 @@ def read_bytes(path: str | Path, field: str, what: str, limit: int) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise ScenarioError(field, f"cannot read {what} ({exc.strerror or exc})") from None
+        raise ScenarioError(field, f"cannot read {what}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     if size > limit:
-        raise ScenarioError(field, f"{what} is above the limit of {limit:,} bytes")
+        raise ScenarioError(field, f"cannot read {what}: above the limit of {limit:,} bytes")
     return b"".join(chunks)
 
 
@@ -104,7 +105,7 @@ def read_text(path: str | Path, field: str, what: str, limit: int) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ScenarioError(field, f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+        raise ScenarioError(field, f"cannot read {what}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
                             f"at line {line}); save it as UTF-8") from None
 
 
@@ -175,7 +176,11 @@ def parse_yaml(text: str, field: str) -> Any:
     """One YAML document from ``text``, within the limits above (ScenarioError(``field``) otherwise)."""
     if len(text) > MAX_YAML_BYTES:
         raise ScenarioError(field, f"YAML text of {len(text):,} characters, above the limit of {MAX_YAML_BYTES:,}")
-    loader = _LimitedLoader(text)
+    try:
+        loader = _LimitedLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, found before parsing
+        line = text.count("\n", 0, exc.position) + 1
+        raise ScenarioError(field, f"character {exc.character!r} is not allowed in YAML (line {line})") from None
     try:
         return loader.get_single_data()
     except yaml.YAMLError as exc:

@@ -52,10 +52,10 @@ def staleness_figure(clients: pd.DataFrame, title: str) -> Figure:
     ax_xy.plot([0, top], [0, top], color="grey", lw=1, ls="--", label="y = x")
     ax_xy.set(xlim=(0, top), ylim=(0, top), xlabel="analytical mean staleness E[τ_i] (updates)",
               ylabel="simulated mean staleness (updates)", title="simulated vs analytical, one point per client")
-    ax_xy.legend(title="group", fontsize=8)
+    ax_xy.legend(title="group", fontsize=8, loc="upper left")  # a fixed place: "best" is slow for many clients
     ax_cl.scatter([], [], marker="_", s=120, color="black", label="analytical")
     ax_cl.set(xlabel="client", ylabel="mean staleness (updates)", title="per client (bars: confidence interval)")
-    ax_cl.legend(fontsize=8)
+    ax_cl.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

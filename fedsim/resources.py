@@ -7,10 +7,10 @@ fixes (bytes, approximately; measured on CPython 3.11 / numpy 2, 64-bit):
   block of pre-drawn service times), a task in circulation about 100 B;
 - statistics: the tracker's batch sums, 4 arrays of 2 x ``statistics.batches`` x n float64,
   and the temporaries of folding a chunk into them (as much again);
-- staleness histograms: one integer histogram per client, as long as the largest staleness
-  it saw. Client i, with k_i = p_i U updates in the window and mean staleness E[tau_i]
-  (product form), costs about 8 E[tau_i] (1 + ln k_i) bytes (the largest of k_i draws of a
-  geometric-like law), times P(k_i >= 1) ~ min(1, k_i). This is the term that grows with C;
+- staleness histograms (:mod:`fedsim.histograms`): client i, with k_i = p_i U updates in the
+  window and mean staleness E[tau_i] (product form), costs the smaller of 16 k_i bytes (its
+  distinct values and their counts) and 8 E[tau_i] (1 + ln k_i) (a dense histogram as long
+  as the largest of k_i draws of a geometric-like law), times P(k_i >= 1) ~ min(1, k_i);
 - results: the per-client tables (clients.csv and its statistics), about 700 B per client;
 - the analytical solution, O(n + C) float64;
 - trace: 44 B per update, three times over when kept in memory (``fedsim.run(trace=True)``);
@@ -162,8 +162,9 @@ def _window_updates(scenario: Scenario, throughput: float) -> tuple[float, float
 def _histograms(scenario: Scenario, window: float, staleness: np.ndarray) -> float:
     k = scenario.p * window
     tau = np.nan_to_num(np.asarray(staleness, dtype=float), nan=0.0)
-    per_client = 8.0 * np.minimum(1.0, k) * tau * (1.0 + np.log(np.maximum(k, 1.0)))
-    return float(per_client.sum()) + 112.0 * scenario.n_clients
+    dense = 112.0 + 8.0 * tau * (1.0 + np.log(np.maximum(k, 1.0)))
+    sparse = 224.0 + 16.0 * k
+    return float((np.minimum(1.0, k) * np.minimum(dense, sparse)).sum()) + 24.0 * scenario.n_clients
 
 
 def _parameters(scenario: Scenario, input_shape: tuple[int, ...], classes: int) -> int:

@@ -55,6 +55,8 @@ STATION_KINDS = ("fifo", "delay")
 DEFAULT_LINK_KIND = "delay"
 DEFAULT_WARMUP_FRACTION = 0.1
 MAX_SEED = INT64_MAX
+MAX_CLIENTS = 10_000_000
+"""Most clients in a scenario (per-client arrays are built while it is parsed)."""
 """Largest scenario seed: seeds are stored as 64-bit integers (results tables, Parquet)."""
 
 
@@ -301,6 +303,9 @@ def _parse_groups(raw: Any, base_dir: Path | None) -> tuple[ClientGroup, ...]:
         power = _parse_power(g["power"], f"{path}.power", ClientPower) if "power" in g else None
         groups.append(ClientGroup(name=name, count=count, service=service, routing_weight=weight, power=power,
                                   **links))
+    total = sum(g.count for g in groups)
+    if total > MAX_CLIENTS:
+        raise ScenarioError("clients", f"{total:,} clients in all, above the limit of {MAX_CLIENTS:,}")
     return tuple(groups)
 
 

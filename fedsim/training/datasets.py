@@ -210,11 +210,13 @@ def _check_files(name: str, params: dict[str, Any], base_dir: Path | None, path:
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles CIFAR's batch files, which hold dicts, lists, bytes and numpy arrays, and
-    nothing else: any other global is refused, so a crafted file cannot run code."""
+    nothing else: any other global is refused (only numpy's array reconstruction and
+    ``codecs.encode``, which build data), so a crafted file cannot run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
                ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"): ("numpy", "ndarray"), ("numpy", "dtype"): ("numpy", "dtype")}
+               ("numpy", "ndarray"): ("numpy", "ndarray"), ("numpy", "dtype"): ("numpy", "dtype"),
+               ("_codecs", "encode"): ("_codecs", "encode")}  # bytes in protocol-2 pickles
 
     def find_class(self, module: str, name: str) -> Any:
         target = self.ALLOWED.get((module, name))
