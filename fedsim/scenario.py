@@ -370,9 +370,15 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, 
     """
     path = Path(path)
     raw = load_yaml_file(path, "scenario file")
-    if overrides:
-        raw = apply_overrides(raw, overrides, where)
-    return parse_scenario(raw, base_dir=path.parent, source=path)
+    if not overrides:
+        return parse_scenario(raw, base_dir=path.parent, source=path)
+    raw = apply_overrides(raw, overrides, where)
+    try:
+        return parse_scenario(raw, base_dir=path.parent, source=path)
+    except ScenarioError as err:  # a value an override set: name it as the override
+        if where and any(err.path == p or err.path.startswith((f"{p}.", f"{p}[")) for p in overrides):
+            raise ScenarioError(f"{where}{err.path}", err.message) from None
+        raise
 
 
 class Streams:
