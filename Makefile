@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_resources.py
 
 plots: $(STAMP)
 	$(PY) analysis/sweep_plots.py $(RESULTS)

@@ -212,7 +212,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     scenario = _scenario(args)
     limit = _max_memory(args)
-    checked = preflight(scenario, trace=args.trace, max_memory=limit)
+    checked = preflight(scenario, trace=args.trace, max_memory=limit, solve_expensive=False)
     limit = limit if limit is not None else available_memory()
     print(f"{args.scenario}: valid ({scenario.n_clients} clients in {len(scenario.groups)} groups, "
           f"C = {scenario.concurrency}, routing {scenario.routing}); needs about {checked.estimate.describe()} "

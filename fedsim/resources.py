@@ -130,10 +130,10 @@ def check_memory(found: Estimate, max_memory: int | None = None) -> Estimate:
     """``found`` if it fits ``max_memory`` (default :func:`available_memory`); else ScenarioError."""
     limit = available_memory() if max_memory is None else max_memory
     if limit is not None and found.total > limit:
-        source = "--max-memory" if max_memory is not None else "available on this machine"
-        raise ScenarioError("memory", f"the run needs about {found.describe()}, above the {format_bytes(limit)} "
-                            f"{source}; make the scenario smaller, or raise the limit with --max-memory SIZE "
-                            f"(max_memory= in Python) if the estimate is too high")
+        source = "--max-memory" if max_memory is not None else "the memory available on this machine"
+        raise ScenarioError("memory", f"the run needs about {found.describe()}, above the limit of "
+                            f"{format_bytes(limit)} ({source}); make the scenario smaller, or set the limit with "
+                            f"--max-memory SIZE (max_memory= in Python) if the estimate is too high")
     return found
 
 

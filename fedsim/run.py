@@ -119,7 +119,7 @@ class Preflight:
 
 
 def preflight(scenario: Scenario, *, trace: bool = False, trace_in_memory: bool = False,
-              max_memory: int | None = None) -> Preflight:
+              max_memory: int | None = None, solve_expensive: bool = True) -> Preflight:
     """Every check that can be made before a run, in the order of their cost; ScenarioError
     on the first that fails. ``fedsim validate`` runs it, and every run runs it before its
     output folder is touched.
@@ -128,7 +128,8 @@ def preflight(scenario: Scenario, *, trace: bool = False, trace_in_memory: bool 
     2. the memory the run needs (:mod:`fedsim.resources`) must fit ``max_memory`` (default:
        the memory available on this machine);
     3. the product-form solution (before the memory check when it is cheap: its staleness
-       sizes the histograms);
+       sizes the histograms; after it otherwise, unless ``solve_expensive`` is false, as for
+       ``fedsim validate``: its O(n C + C^2) cost is then left to the run);
     4. with training: the dataset is loaded, partitioned, the model built and run on two
        training samples, and the estimate checked again with the model's real size.
     """
@@ -141,7 +142,10 @@ def preflight(scenario: Scenario, *, trace: bool = False, trace_in_memory: bool 
     solution = None if synchronous or not cheap_to_solve(scenario) else analyse(scenario)
     first = check_memory(estimate(scenario, trace_in_memory=trace_in_memory, solution=solution), max_memory)
     if solution is None and not synchronous:
-        solution = analyse(scenario)
+        if solve_expensive:
+            solution = analyse(scenario)
+        else:
+            _refuse_extended(scenario)
     found = Preflight(first, solution)
     if cfg is not None:
         from fedsim.training.workload import build_workload, check_model

@@ -124,35 +124,32 @@ def check_contract(args: list[str], folder: Path, inputs: set[str], complete: tu
     return status
 
 
-def durations(folder: Path) -> None:
-    (folder / "durations.csv").write_text("seconds\n0.5\n1.25\n2.0\n")
+@contextlib.contextmanager
+def fresh_folder() -> Any:
+    """A new folder holding the empirical durations file the scenario reads, removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="fedsim-fuzz-"))
+    try:
+        (folder / "durations.csv").write_text("seconds\n0.5\n1.25\n2.0\n")
+        yield folder
+    finally:
+        shutil.rmtree(folder)
 
 
 @FUZZ
 @given(st.data())
 def test_mutated_scenarios_run_or_are_refused_in_one_line(data):
-    doc = mutate(data, SCENARIO)
-    folder = Path(tempfile.mkdtemp(prefix="fedsim-fuzz-"))
-    try:
-        durations(folder)
-        (folder / "s.yaml").write_bytes(encode(data, doc))
+    with fresh_folder() as folder:
+        (folder / "s.yaml").write_bytes(encode(data, mutate(data, SCENARIO)))
         check_contract(["run", str(folder / "s.yaml"), "--out", str(folder / "out"), "--quiet"], folder,
                        {"s.yaml", "durations.csv"}, ("summary.json", "clients.csv", "staleness.png"))
-    finally:
-        shutil.rmtree(folder)
 
 
 @FUZZ
 @given(st.data())
 def test_mutated_sweeps_run_or_are_refused_in_one_line(data):
-    doc = mutate(data, SWEEP)
-    folder = Path(tempfile.mkdtemp(prefix="fedsim-fuzz-"))
-    try:
-        durations(folder)
+    with fresh_folder() as folder:
         (folder / "base.yaml").write_text(yaml.safe_dump(SCENARIO))
-        (folder / "sweep.yaml").write_bytes(encode(data, doc))
+        (folder / "sweep.yaml").write_bytes(encode(data, mutate(data, SWEEP)))
         check_contract(["sweep", str(folder / "sweep.yaml"), "--out", str(folder / "out"), "--workers", "1",
                         "--quiet"], folder, {"sweep.yaml", "base.yaml", "durations.csv"},
                        ("sweep.json", "results.parquet"))
-    finally:
-        shutil.rmtree(folder)

@@ -164,13 +164,13 @@ def test_what_cannot_fit_is_refused_with_estimate_and_limit(change, fragment, wr
     scenario = write_yaml(doc)
     line = refused(scenario, tmp_path, capsys, fragment, extra=("--max-memory", "2G"))
     if "memory:" in line:
-        assert "above the 2.15 GB --max-memory" in line
+        assert "above the limit of 2.15 GB (--max-memory)" in line
     refused(scenario, tmp_path, capsys, fragment, command="validate", extra=("--max-memory", "2G"))
 
 
 def test_the_limit_is_the_machine_or_max_memory(write_yaml, tmp_path, capsys):
     path = write_yaml(BASE)
-    refused(path, tmp_path, capsys, "above the 1 MB --max-memory", extra=("--max-memory", "1000000"))
+    refused(path, tmp_path, capsys, "above the limit of 1 MB (--max-memory)", extra=("--max-memory", "1000000"))
     assert main(["validate", str(path), "--max-memory", "4G"]) == 0
     assert "needs about" in capsys.readouterr().out
     refused(path, tmp_path, capsys, "--max-memory: must be a size", extra=("--max-memory", "lots"))
