@@ -6,9 +6,9 @@ that ``import fedsim`` stays light (no torch, no matplotlib, no simulation code)
     import fedsim
     res = fedsim.run("scenarios/two_speeds.yaml", concurrency=20)
 
-``fedsim.run`` is the module :mod:`fedsim.run`, which is callable: ``fedsim.run(...)`` is
-:func:`fedsim.api.run` (so importing the module, as other parts of fedsim do, never hides
-the function).
+``fedsim.run`` and ``fedsim.sweep`` are the modules of those names, made callable
+(:mod:`fedsim.entry`): ``fedsim.run(...)`` is :func:`fedsim.api.run` and ``fedsim.sweep(...)``
+:func:`fedsim.api.sweep`, however the modules were imported.
 """
 
 from importlib import import_module
@@ -20,14 +20,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-_API = {"load_scenario": "fedsim.api", "open_run": "fedsim.api", "sweep": "fedsim.api", "Run": "fedsim.report",
+_API = {"load_scenario": "fedsim.api", "open_run": "fedsim.api", "Run": "fedsim.report",
         "Scenario": "fedsim.scenario", "ScenarioError": "fedsim.errors"}
 __all__ = ["Run", "Scenario", "ScenarioError", "load_scenario", "open_run", "run", "sweep"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run":
-        return import_module("fedsim.run")  # binds itself as fedsim.run
+    if name in ("run", "sweep"):
+        return import_module(f"fedsim.{name}")  # a callable module, bound as fedsim.<name>
     if name in _API:
         value = getattr(import_module(_API[name]), name)
         globals()[name] = value

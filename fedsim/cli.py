@@ -92,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     scenario = _scenario(args)
     resume = Path(args.resume) if args.resume else None
-    out = check_out(Path(args.out) if args.out else resume or Path("results") / Path(args.scenario).stem)
+    out = check_out(Path(args.out) if args.out else resume or Path("results") / Path(args.scenario).stem,
+                    replace=True)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ScenarioError("--checkpoint-every", f"must be a positive number of updates, got {args.checkpoint_every}")
     if scenario.training is None and (args.checkpoint_every or resume):
@@ -187,7 +188,7 @@ def cmd_analytic(args: argparse.Namespace) -> int:
     from fedsim.run import analyse
 
     scenario = _scenario(args)
-    out = check_out(args.out) if args.out else None
+    out = check_out(args.out, replace=True) if args.out else None
     solution = analyse(scenario)
     table = analytic_table(scenario, solution)
     print(f"{scenario.name}: n = {scenario.n_clients}, C = {scenario.concurrency}, "

@@ -34,7 +34,7 @@ try:
 except ImportError:  # not POSIX: no locking
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["OutputFolder", "check_out", "disk_error"]
+__all__ = ["RUN_FILES", "OutputFolder", "check_out", "disk_error"]
 
 PARTIAL = ".partial-"
 OLD = ".old-"
@@ -51,15 +51,28 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_out(out: str | Path, where: str = "--out") -> Path:
+RUN_FILES = frozenset({"summary.json", "clients.csv", "staleness.png", "trace.parquet", "training.csv",
+                       "training.png", "model.pt", "checkpoint.pt"})
+"""What a run folder may hold: a folder with anything else is never replaced."""
+
+
+def check_out(out: str | Path, where: str = "--out", *, replace: bool = False) -> Path:
     """``out`` as a Path, if a folder can be written there (ScenarioError(``where``) otherwise).
 
     It must be an existing folder or not exist; its nearest existing ancestor must be a folder
-    this process may write in.
+    this process may write in. With ``replace`` (a run folder, replaced whole when the run
+    succeeds) an existing ``out`` must be empty or hold run files only (:data:`RUN_FILES`),
+    so that ``--out .`` or a folder of other work is never wiped.
     """
     out = Path(out)
     if os.path.lexists(out) and not out.is_dir():
         raise ScenarioError(where, f"{_shown(out)} exists and is not a folder; give a folder to write into")
+    if replace and out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            shown = ", ".join(one_line(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ScenarioError(where, f"{_shown(out)} holds files that are not a fedsim run ({shown}); a run "
+                                "replaces its folder whole: give a new or empty folder, or a run folder")
     ancestor = _nearest_existing(out.parent if out.name else out)
     if not ancestor.is_dir():
         raise ScenarioError(where, f"cannot create {_shown(out)}: {_shown(ancestor)} is not a folder")
@@ -100,7 +113,7 @@ class OutputFolder:
         return self.out.parent / f".{self.out.name}.lock"
 
     def __enter__(self) -> OutputFolder:
-        self.out = check_out(self.out, self.where)
+        self.out = Path(os.path.realpath(check_out(self.out, self.where, replace=True)))
         try:
             self._created = _make_parents(self.out.parent)
             self._lock()

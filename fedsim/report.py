@@ -213,7 +213,8 @@ class Run:
                 from fedsim.folders import disk_error
 
                 raise disk_error(exc, folder.out, "out") from None
-            return folder.publish()
+            folder.publish()
+        return Path(out)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Run):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-import types
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from fedsim.analytic import NetworkSolution, solve
 from fedsim.engine import CompletionRecords, Engine
+from fedsim.entry import make_callable
 from fedsim.errors import ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.tracking import RunStatistics, TraceTable, TraceWriter, Tracker
@@ -237,13 +237,4 @@ def run_scenario(scenario: Scenario, *, trace: bool | Path = False, progress: bo
     return run
 
 
-class _CallableModule(types.ModuleType):
-    """``fedsim.run`` is this module and, called, the function :func:`fedsim.api.run`."""
-
-    def __call__(self, scenario: Any, /, **kwargs: Any) -> Any:
-        from fedsim.api import run
-
-        return run(scenario, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__)  # fedsim.run(...) is fedsim.api.run (see fedsim.entry)

@@ -69,6 +69,7 @@ from typing import Any
 import pandas as pd
 
 from fedsim import __version__
+from fedsim.entry import make_callable
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_str
 from fedsim.inputs import load_yaml_file
@@ -521,3 +522,6 @@ def load_results(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """results.parquet and sweep.json of a sweep folder."""
     out = Path(out)
     return pd.read_parquet(out / RESULTS_FILE), json.loads((out / MANIFEST_FILE).read_text())
+
+
+make_callable(__name__)  # fedsim.sweep(...) is fedsim.api.sweep (see fedsim.entry)

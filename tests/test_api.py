@@ -124,7 +124,9 @@ import matplotlib
 backend = matplotlib.get_backend()
 before = {k: str(v) for k, v in matplotlib.rcParams.items()}
 import fedsim.run as module
-res = fedsim.run(sys.argv[1])          # the module is callable: fedsim.run is the API's run
+import fedsim.sweep
+res = fedsim.run(sys.argv[1])          # the modules are callable: fedsim.run is the API's run
+assert callable(fedsim.sweep) and fedsim.sweep is sys.modules["fedsim.sweep"]
 res.save(sys.argv[2])
 after = {k: str(v) for k, v in matplotlib.rcParams.items()}
 pyplot = sys.modules.get("matplotlib.pyplot")      # seaborn imports it: it must hold no figure

@@ -224,6 +224,14 @@ def test_out_naming_a_file_is_one_line_for_every_command(write_yaml, tmp_path, c
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith("error: --out: ") and "Traceback" not in err, err
     assert taken.read_text() == "keep me" and hidden(tmp_path) == []
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    for args in (["run", str(path)], ["analytic", str(path)]):  # these replace their folder whole
+        assert main([*args, "--out", str(work)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds files that are not a fedsim run (notes.txt)" in err
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
 
 
 def test_a_run_replaces_the_folder_whole_and_only_when_it_succeeds(write_yaml, tmp_path, capsys, monkeypatch):
