@@ -44,10 +44,16 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
     return decorate
 
 
-def _fmt(x: float, ci: float | None = None) -> str:
+def _num(x: Any) -> float:
+    """A number of summary.json (null where it is not finite) as a float."""
+    return float("nan") if x is None else float(x)
+
+
+def _fmt(x: Any, ci: Any = None) -> str:
+    x, ci = _num(x), _num(ci)
     if not np.isfinite(x):
         return "-"
-    return f"{x:.4g}" if ci is None or not np.isfinite(ci) else f"{x:.4g} ± {ci:.2g}"
+    return f"{x:.4g}" if not np.isfinite(ci) else f"{x:.4g} ± {ci:.2g}"
 
 
 def print_groups(groups: list[dict], exact: bool) -> None:
@@ -55,10 +61,11 @@ def print_groups(groups: list[dict], exact: bool) -> None:
     head = f"{'group':<16}{'clients':>8}{'p(group)':>10}{'staleness sim':>22}{'analytic':>12}{'rel. err':>10}"
     print(head)
     for g in groups:
-        rel = (g["staleness_sim"] - g["staleness_analytic"]) / g["staleness_analytic"] \
-            if g["staleness_analytic"] else float("nan")
-        print(f"{g['group']:<16}{g['clients']:>8}{g['p_group']:>10.4f}"
-              f"{_fmt(g['staleness_sim'], g['staleness_ci']):>22}{_fmt(g['staleness_analytic']):>12}"
+        sim, analytic = _num(g["staleness_sim"]), _num(g["staleness_analytic"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = (sim - analytic) / analytic if analytic else float("nan")
+        print(f"{g['group']:<16}{g['clients']:>8}{_num(g['p_group']):>10.4f}"
+              f"{_fmt(sim, g['staleness_ci']):>22}{_fmt(analytic):>12}"
               f"{format(100 * rel, '+.2f') + '%' if np.isfinite(rel) else '-':>10}")
     if not exact:
         print("(non-exponential services: the analytical values are the product-form approximation)")
@@ -134,24 +141,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "rounds" in s:
         print(f"{scenario.name}: fedavg, {s['rounds']} rounds ({s['updates']} client updates) in "
               f"{s['sim_time']:.6g} time units ({s['wall_seconds']:.2f} s wall); results in {out}")
-        print(f"final test accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f})")
+        print(f"final test accuracy {_num(s['final_accuracy']):.4f} (best {_num(s['best_accuracy']):.4f})")
         return 0
     print(f"{scenario.name}: {s['updates']} updates in {s['sim_time']:.6g} time units "
           f"({s['wall_seconds']:.2f} s wall); results in {out}")
-    print(f"throughput {_fmt(_num(s['throughput_sim']), _num(s['throughput_ci']))} "
-          f"(analytic {s['throughput_analytic']:.4g}); mean staleness "
-          f"{_fmt(_num(s['mean_staleness_sim']), _num(s['mean_staleness_ci']))} "
-          f"(analytic {s['mean_staleness_analytic']:.4g})")
+    print(f"throughput {_fmt(s['throughput_sim'], s['throughput_ci'])} (analytic {_fmt(s['throughput_analytic'])}); "
+          f"mean staleness {_fmt(s['mean_staleness_sim'], s['mean_staleness_ci'])} "
+          f"(analytic {_fmt(s['mean_staleness_analytic'])})")
     print_groups(s["groups"], scenario.exact)
     if scenario.training is not None:
-        print(f"training: final test accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f} at "
+        print(f"training: final test accuracy {_num(s['final_accuracy']):.4f} (best {_num(s['best_accuracy']):.4f} at "
               f"update {s['best_accuracy_update']}); training.csv, training.png, model.pt in {out}")
     return 0
-
-
-def _num(x: Any) -> float:
-    """A summary.json number (null for not finite) as a float."""
-    return float("nan") if x is None else float(x)
 
 
 def describe_failure(exc: BaseException, scenario: Scenario) -> str:

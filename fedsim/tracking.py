@@ -281,6 +281,7 @@ class Tracker:
             )
             throughput = window_updates / duration if duration > 0 else float("nan")
             mean_staleness = self.stale_sum.sum() / window_updates if window_updates else float("nan")
+            group_staleness = self._by_group(self.stale_sum[None, :])[0] / group_completions  # nan: no updates
         return RunStatistics(
             updates=self.updates, window_updates=window_updates, sim_time=self.end_time,
             window_start=float(self.window_start), throughput=throughput, throughput_ci=float(thr_ci[0]),
@@ -288,7 +289,7 @@ class Tracker:
             batches=int(full), batch_size=self.batch_size, clients=clients,
             groups=GroupStatistics(
                 completions=group_completions.astype(np.int64),
-                staleness_mean=self._by_group(self.stale_sum[None, :])[0] / group_completions,
+                staleness_mean=group_staleness,
                 staleness_ci=group_ci,
             ),
         )

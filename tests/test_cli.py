@@ -304,6 +304,15 @@ def test_ctrl_c_is_one_line_exit_130_and_no_folder(write_yaml, tmp_path):
     assert not out.exists() and hidden(tmp_path) == [] and stdout == ""
 
 
+def test_a_group_without_updates_prints_dashes(write_yaml, tmp_path, capsys):
+    doc = copy.deepcopy(SMALL)
+    doc["clients"][1]["routing_weight"] = 0.0  # never routed: no staleness, null in summary.json
+    assert main(["run", str(write_yaml(doc)), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.splitlines()[-2].split()[-3:] == ["-", "-", "-"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["groups"][1]["staleness_sim"] is None
+
+
 def test_summary_records_provenance(write_yaml, tmp_path):
     (tmp_path / "durations.csv").write_text("0.5\n1.5\n2.0\n")
     doc = SMALL | {"clients": [SMALL["clients"][0], {"group": "slow", "count": 4,

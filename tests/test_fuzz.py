@@ -113,6 +113,7 @@ def check_contract(args: list[str], folder: Path, inputs: set[str], complete: tu
     event(f"exit {status}")  # pytest --hypothesis-show-statistics: the share of runs and refusals
     assert "Traceback" not in stderr, stderr
     if status == 0:
+        assert stderr == "", stderr  # --quiet: no progress bar, and no warning either
         target = folder / "out"
         assert all((target / name).is_file() for name in complete), sorted(target.iterdir())
         assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging, no lock left
