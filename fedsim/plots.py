@@ -8,6 +8,7 @@ restores every rc setting on exit; build and save fedsim's figures inside it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,11 +19,14 @@ from matplotlib.figure import Figure
 
 @contextmanager
 def figure_style() -> Iterator[None]:
-    """seaborn's ``whitegrid`` style and ``notebook`` context, for the duration of the block."""
+    """seaborn's ``whitegrid`` style and ``notebook`` context, for the duration of the block
+    (and no warning for a character of a user's group name that the font lacks)."""
     import matplotlib
     import seaborn as sns
 
-    with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+    with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("notebook"), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
         yield
 
 
