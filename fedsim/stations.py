@@ -61,9 +61,9 @@ from fedsim.engine import STAGES, Engine, Task, _blocks, draw_blocks, service_ti
 from fedsim.scenario import LINKS, Station as StationSpec
 from fedsim.simkernel import NORMAL, armed_event, trigger_urgent
 
-TICKS_PER_UNIT = 10**9
+TICKS_PER_UNIT = 10**6
 """Grid of atomic laws: durations are whole numbers of 1e-9 time units."""
-GRID_EXACT_UNTIL = 1e6
+GRID_EXACT_UNTIL = 1e9
 """Simulated time below which grid times are exact (2^52 ticks is 4.5e6 time units; margin kept)."""
 SERVER_BLOCK = 4096
 N_STAMPS = 2 * len(STAGES)
