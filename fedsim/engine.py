@@ -168,14 +168,17 @@ def draw_blocks(p: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(p * ROUTING_BLOCK), 16, 4096).astype(int)
 
 
-def needs_stations(scenario: Scenario) -> bool:
-    """True unless the scenario is the base model with continuous compute laws.
+def has_stations(scenario: Scenario) -> bool:
+    """True when the scenario has links, a server or powers: its runs report every station's
+    statistics and the energy, which need the stage times of the extended network."""
+    return scenario.extended or scenario.server_power is not None or any(g.power is not None for g in scenario.groups)
 
-    Links, a server, powers (their statistics need the stage times) or a compute law with
-    atoms (its ties need the grid and the tie rule) take :class:`~fedsim.stations.StationEngine`.
-    """
-    return (scenario.extended or scenario.server_power is not None
-            or any(g.power is not None or g.service.atomic for g in scenario.groups))
+
+def needs_stations(scenario: Scenario) -> bool:
+    """True unless the scenario is the base model with continuous compute laws: stations
+    (:func:`has_stations`) or a compute law with atoms (its ties need the grid and the tie rule)
+    take :class:`~fedsim.stations.StationEngine`."""
+    return has_stations(scenario) or any(g.service.atomic for g in scenario.groups)
 
 
 class Client:

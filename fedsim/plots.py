@@ -42,3 +42,68 @@ def staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+BREAKDOWN = (  # (column, label, colour) in the order a task meets them
+    ("downlink_wait", "downlink: waiting", "#9ecae1"), ("downlink_service", "downlink: transfer", "#3182bd"),
+    ("compute_wait", "compute: queueing", "#fdbe85"), ("compute_service", "compute: service", "#e6550d"),
+    ("uplink_wait", "uplink: waiting", "#a1d99b"), ("uplink_service", "uplink: transfer", "#31a354"),
+    ("server_wait", "server: waiting", "#cbc9e2"), ("server_service", "server: service", "#756bb1"),
+)
+
+
+def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt.Figure:
+    """Where a task's time and the energy go, per group, simulated next to analytical.
+
+    Left: one pair of stacked bars per group (simulated above, analytical below): the mean time
+    a task routed to that group spends waiting and in service at each station of its route, the
+    server included, from dispatch to the update. Right: watts drawn by each group's clients and
+    by the server, simulated (with CI bars) next to analytical; the title gives the energy per
+    update. ``table`` is :func:`fedsim.report.time_breakdown_table`, ``summary`` the server and
+    energy keys of summary.json.
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    groups = list(dict.fromkeys(table["group"]))
+    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(14, 0.9 * len(groups) + 3.6),
+                                     gridspec_kw={"width_ratios": [1.7, 1]})
+    shown = [(col, label, colour) for col, label, colour in BREAKDOWN if table[col].abs().max() > 0]
+    height = 0.38
+    for source, offset, hatch in (("simulated", -height / 2, None), ("analytical", height / 2, "//")):
+        part = table[table["source"] == source].set_index("group").loc[groups]
+        left = np.zeros(len(groups))
+        y = np.arange(len(groups)) + offset
+        for col, label, colour in shown:
+            width = part[col].to_numpy()
+            ax_t.barh(y, width, height * 0.95, left=left, color=colour, hatch=hatch, edgecolor="white",
+                      label=label if source == "simulated" else None)
+            left += width
+        for yy, total in zip(y, left):
+            ax_t.text(total, yy, f" {total:.3g} ({source[:3]}.)", va="center", fontsize=8)
+    ax_t.set_yticks(np.arange(len(groups)), groups)
+    ax_t.invert_yaxis()
+    ax_t.set(xlabel="mean time per task, dispatch to update (time units)",
+             title="time per task by station (upper bar simulated, hatched lower bar analytical)")
+    ax_t.margins(x=0.18)
+    ax_t.legend(fontsize=8, loc="lower right")
+
+    sim = table[table["source"] == "simulated"].set_index("group").loc[groups]
+    ana = table[table["source"] == "analytical"].set_index("group").loc[groups]
+    names = groups + ["server"]
+    server_sim = summary["power_sim"] - float(sim["power"].sum())
+    server_ana = summary["power_analytic"] - float(ana["power"].sum())
+    x = np.arange(len(names))
+    ax_e.bar(x - 0.2, np.append(sim["power"], server_sim), 0.4, color="#4c72b0", label="simulated",
+             yerr=np.append(sim["power_ci"].fillna(0.0), 0.0), capsize=3)
+    ax_e.bar(x + 0.2, np.append(ana["power"], server_ana), 0.4, color="#c7c7c7", hatch="//", edgecolor="white",
+             label="analytical")
+    ax_e.set_xticks(x, names, rotation=20)
+    epu_ci = summary["energy_per_update_ci"]
+    ax_e.set(ylabel="power drawn (W = joules per unit time)",
+             title=f"power per group; energy per update {summary['energy_per_update_sim']:.4g}"
+                   f"{'' if epu_ci is None or not np.isfinite(epu_ci) else f' ± {epu_ci:.2g}'} J "
+                   f"(analytical {summary['energy_per_update_analytic']:.4g} J)")
+    ax_e.title.set_fontsize(10)
+    ax_e.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -77,6 +77,8 @@ class StationStatistics:
     throughput_ci: float
     client_power: np.ndarray  # watts drawn by every client
     client_power_ci: np.ndarray
+    group_power: np.ndarray  # watts drawn by all the clients of each group
+    group_power_ci: np.ndarray
     server_power: float
     power: float  # total: clients and server
     power_ci: float
@@ -102,6 +104,7 @@ class StationTracker:
         self.horizon = scenario.horizon
         self.level = scenario.statistics.confidence
         self.power, self.server_power = power_vectors(scenario)
+        self.groups = np.eye(len(scenario.groups))[scenario.client_group]  # client x group indicator
         # route stations that exist somewhere (compute always); the server if there is one
         self.present = [s for s, name in enumerate(ROUTE)
                         if name == "compute" or any(getattr(g, name) is not None for g in scenario.groups)]
@@ -274,6 +277,8 @@ class StationTracker:
                 server_service=server_service / updates if updates else float("nan"),
                 throughput=updates / duration, throughput_ci=float(throughput_ci[0]),
                 client_power=energy / duration, client_power_ci=ratio_ci(b_energy, b_duration, level)[1],
+                group_power=energy @ self.groups / duration,
+                group_power_ci=ratio_ci(b_energy @ self.groups, b_duration, level)[1],
                 server_power=server_energy / duration,
                 power=total / duration, power_ci=float(ratio_ci(b_total, b_duration, level)[1][0]),
                 energy_per_update=total / updates if updates else float("nan"),
