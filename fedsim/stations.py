@@ -259,7 +259,8 @@ class StationEngine(Engine):
 
     def dispatch(self, now: float) -> None:
         """Send a new task, carrying the current model (index ``updates``), to a random client:
-        it joins the first station of that client's route."""
+        it joins the first station of that client's route. (The task is built as in
+        :meth:`Engine.dispatch`, which keeps it inline: the base model's hot path.)"""
         j = self._route()
         task = object.__new__(Task)
         task.client = j
@@ -273,7 +274,8 @@ class StationEngine(Engine):
 
     def _apply(self, task: Task, now: float) -> None:
         """The last station of the route has finished ``task``: the update is applied (records,
-        hooks, counter) and a new task is dispatched."""
+        hooks, counter) and a new task is dispatched, as in :meth:`Engine._complete` (inline
+        there, the base model's hot path)."""
         record_client, dispatch_update, dispatch_time, completion_time, stamps = self._record
         record_client(task.client)
         dispatch_update(task.dispatch_update)
