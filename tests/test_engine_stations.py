@@ -24,7 +24,7 @@ import pytest
 
 from conftest import REPO, bonferroni_critical, bonferroni_z
 from fedsim.engine import STAGES, CompletionRecords, Engine
-from fedsim.scenario import Scenario, parse_scenario
+from fedsim.scenario import Scenario, Streams, parse_scenario
 from fedsim.stations import StationEngine
 from fedsim.stations_tracking import StationTracker, power_vectors
 from fedsim.tracking import Tracker
@@ -326,6 +326,13 @@ def test_adding_a_link_or_a_server_changes_no_other_stations_draws():
         assert m > 100 and np.allclose(sa[key][:m], sb[key][:m], rtol=0, atol=atol), key
     assert np.array_equal(ta.column("client"), tb.column("client"))  # routing: the same clients in order
     assert not np.allclose(ta.column("completion_time"), tb.column("completion_time"))
+
+
+def test_new_streams_are_appended_after_the_old_ones():
+    """Streams are indexed by position: the purposes of the base model keep theirs, so its
+    sample path for a given seed is the one it always had."""
+    assert Streams.PURPOSES[:3] == ("service", "routing", "training")
+    assert set(Streams.PURPOSES[3:]) == {"downlink", "uplink", "server", "ties"}
 
 
 def test_time_horizon_and_energy_without_power():
