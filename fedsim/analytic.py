@@ -427,7 +427,7 @@ def solve_extended(network: ExtendedNetwork, p: np.ndarray, C: int) -> ExtendedS
         ValueError: ``p`` is not a routing of ``network.n`` clients (as :func:`solve`), or ``C``
             is not an integer ``>= 1``.
     """
-    mu, p = _check_network(network.mu, p)
+    _, p = _check_network(network.mu, p)
     C = _check_concurrency(C, "C")
     means, fifo = network.means(), network.fifo()
     visits = np.broadcast_to(p, means.shape)

@@ -68,7 +68,9 @@ def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt
     groups = list(dict.fromkeys(table["group"]))
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(14, 0.8 * len(groups) + 4.2),
                                      gridspec_kw={"width_ratios": [1.6, 1]})
-    shown = [(col, label, colour) for col, label, colour in BREAKDOWN if table[col].abs().max() > 0]
+    scale = table[[col for col, _, _ in BREAKDOWN]].abs().to_numpy().max()
+    # a component is shown where it is more than round-off (an analytical wait of 1e-17, say)
+    shown = [(col, label, colour) for col, label, colour in BREAKDOWN if table[col].abs().max() > 1e-9 * scale]
     height = 0.38
     for source, offset, hatch in (("simulated", -height / 2, None), ("analytical", height / 2, "//")):
         part = table[table["source"] == source].set_index("group").loc[groups]

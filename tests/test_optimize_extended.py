@@ -357,6 +357,10 @@ def test_cli_energy_objective_without_power_is_a_one_line_error(write_yaml, tmp_
     assert main(["optimize", str(write_yaml(doc)), "--objective", "energy", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: clients: the energy objective needs power")
+    zero = EXT_DOC | {"clients": [g | {"power": {"idle": 0.0}} for g in EXT_DOC["clients"]],
+                      "server_power": {"busy": 0.0}}
+    assert main(["optimize", str(write_yaml(zero)), "--objective", "time-energy", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: clients: the time-energy objective needs power")
     assert main(["optimize", str(write_yaml(EXT_DOC)), "--objective", "time", "--target", "1e-9",
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -121,7 +121,7 @@ def group_network(groups: tuple[ClientGroup, ...], server: Station | None = None
                   server_power: ServerPower | None = None) -> GroupNetwork:
     """The optimiser's view of the clients, their links and the server: per group, the count,
     the compute rate ``1 / E[S]``, the links' mean times and kinds; the server's mean time; the
-    power model when a group or the server gives power (missing values are 0 W)."""
+    power model when a group or the server gives a positive power (missing values are 0 W)."""
     def link(name: str) -> tuple[np.ndarray, np.ndarray]:
         stations = [getattr(g, name) for g in groups]
         return (np.array([0.0 if s is None else s.law.mean for s in stations]),
@@ -134,7 +134,8 @@ def group_network(groups: tuple[ClientGroup, ...], server: Station | None = None
         watts = {k: np.array([0.0 if g.power is None else getattr(g.power, k) for g in groups])
                  for k in ("compute", "uplink", "downlink", "idle")}
         server_watts = server_power or ServerPower()
-        power = PowerModel(**watts, server_busy=server_watts.busy, server_idle=server_watts.idle)
+        if any(w.any() for w in watts.values()) or server_watts.busy or server_watts.idle:
+            power = PowerModel(**watts, server_busy=server_watts.busy, server_idle=server_watts.idle)
     return GroupNetwork(counts=np.array([g.count for g in groups]), mu=np.array([g.service.rate for g in groups]),
                         downlink=down, downlink_delay=down_delay, uplink=up, uplink_delay=up_delay,
                         server=0.0 if server is None else server.law.mean, power=power)

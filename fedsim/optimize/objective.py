@@ -54,6 +54,42 @@ Two objectives
   stale ones; routing less to slow clients raises ``lambda <= min_i mu_i / p_i`` but costs
   variance through ``1 / p_i``.
 
+The extended network
+--------------------
+With links and a server (:class:`fedsim.analytic.ExtendedNetwork`) the bound keeps its form:
+``lambda`` counts server completions (updates) and ``E[tau_i]`` is the staleness of
+:func:`fedsim.analytic.solve_extended`, ``(E_{C-1}[X_Di] + E_{C-1}[X_Ci] + E_{C-1}[X_Ui]) / p_i
++ E_{C-1}[X_s]``, so links and the server change both the speed and the staleness.
+
+Time and energy to a target
+---------------------------
+Alahyane, Comte & Jonckheere (arXiv:2603.26231, 2026) optimise the wall-clock time and the
+energy needed to reach an ``eps``-stationary point. Only their abstract was available to us;
+fedsim derives both from the bound above. Write ``B = A / (eta K) + F(p, C)`` with
+``F = eta L S V + eta^2 L^2 S Z`` the part that more updates do not reduce. The bound reaches a
+target ``eps`` after
+
+    K_eps(p, C) = A / (eta (eps - F(p, C)))       updates   (never if F >= eps),
+
+that is after the time ``T_eps = K_eps / lambda`` and the energy ``E_eps = K_eps e``, ``e`` the
+energy per update of :func:`fedsim.analytic.power_draw`, which is affine in the routing:
+``e = P_idle / lambda + e_s + sum_g counts_g q_g e_g`` (:meth:`GroupNetwork.energy_weights`).
+
+* **time**: minimise ``T_eps``. It is the dual of the wall-clock objective: the wall-clock
+  optimum at budget ``T``, of bound ``B*``, reaches ``B*`` at time ``T`` and no setting does
+  sooner (``B`` decreases in ``T``), so both find the same ``(p, C)`` (tested);
+* **energy**: minimise ``E_eps``: fewer updates (less staleness and variance), cheaper clients,
+  and, through ``P_idle / lambda``, not too slow a system;
+* **time-energy**: minimise ``rho E_eps / E* + (1 - rho) T_eps / T*``, each term normalised by
+  its own optimum (so the value is at least 1).
+
+All three are ``K_eps c = (A / eta) c / (eps - F)`` for a cost per update
+``c = alpha / lambda + beta_0 + sum_g counts_g q_g beta_g`` (:meth:`Objective.cost_weights`):
+``1 / lambda`` for time, ``e`` for energy, the weighted sum for both. The solver maximises the
+*efficiency* ``R = (eps - F) / c`` (:func:`efficiency_and_grad`), ``A / (eta R)`` where the
+target is reachable and still finite and smooth where it is not (``R <= 0``), with the same
+adjoint pass for its gradient.
+
 Exact gradient
 --------------
 ``E[tau_i]`` and ``lambda`` come from exact mean value analysis (Reiser & Lavenberg 1980), in
@@ -62,7 +98,10 @@ the per-visit form of :mod:`fedsim.analytic` (``s_k,i = E_k[X_i] / p_i``), for `
     W_k,i = (1 + p_i s_{k-1,i}) / mu_i,   lambda_k = k / sum_i p_i W_k,i,   s_k,i = lambda_k W_k,i,
 
 so ``E[tau_i] = s_{C-1,i}`` and ``lambda = lambda_C``, identical to the normalising-constant
-route of :func:`fedsim.analytic.solve` (the tests check 1e-10). Every term is positive, so the
+route of :func:`fedsim.analytic.solve` (the tests check 1e-10). On the extended network the
+same recursion runs over every FIFO station (visit ratio ``p_i``, or 1 at the server) and the
+delay links add their mean times to ``sum_i p_i W_k,i`` (:class:`MvaPass`); it agrees with
+:func:`fedsim.analytic.solve_extended` to 1e-10. Every term is positive, so the
 recursion is stable in float64 for any ``n`` and ``C``. Its reverse-mode derivative (the
 adjoint recursion, run from ``k = C`` down to 1) gives the exact gradient of ``B`` with
 respect to every ``p_i`` at the cost of one more pass: ``O(C G)`` for ``G`` groups of identical
@@ -195,6 +234,8 @@ class Objective:
             return 1.0, 0.0, zeros
         idle, server, task = network.energy_weights()
         if self.name == "energy":
+            if not (idle > 0 or server or np.any(task)):
+                raise ValueError("every power is 0 W: the energy objective has nothing to minimise")
             return idle, server, task
         w_e, w_t = self.weight / self.energy_scale, (1.0 - self.weight) / self.time_scale
         return w_e * idle + w_t, w_e * server, w_e * task

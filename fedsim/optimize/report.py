@@ -90,10 +90,10 @@ def compare(scenario: Scenario, budget: float | None = None, target: float | Non
     ``budget``, ``target`` and ``weight`` override the section's ``T``, ``eps`` and ``rho``;
     ``objective``, the one the caller wants, is checked first (the energy objectives need power).
     """
-    if objective in ENERGY_OBJECTIVES:
-        if scenario.server_power is None and all(g.power is None for g in scenario.groups):
-            raise ScenarioError("clients", f"the {objective} objective needs power: give clients[k].power "
-                                "(and server_power with a server)")
+    if objective in ENERGY_OBJECTIVES and group_network(scenario.groups, scenario.server,
+                                                        scenario.server_power).power is None:
+        raise ScenarioError("clients", f"the {objective} objective needs power: give clients[k].power "
+                            "(and server_power with a server), not all 0 W")
     spec = scenario.optimization
     if spec is None:
         spec = parse_optimization(None, scenario.groups, scenario.horizon, scenario.server)

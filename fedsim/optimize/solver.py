@@ -1,4 +1,4 @@
-"""Minimise the bound over the routing ``p`` (a simplex) and the concurrency ``C`` (integers).
+"""Minimise an objective over the routing ``p`` (a simplex) and the concurrency ``C`` (integers).
 
 Routing
     Clients of a group share one probability ``q_g``; the group masses ``pi_g = counts_g q_g``
@@ -8,6 +8,9 @@ Routing
     softmax: ``d/dtheta = pi * (g - <pi, g>)`` with ``g_h = (dB/dq_h) / (counts_h B)``. The
     bound is infinite where some ``p_i = 0``, so the optimum is interior and the softmax loses
     nothing. Identical groups start identical and stay so: symmetric clients get uniform ``p``.
+    The time and energy objectives maximise the efficiency ``R`` instead
+    (:func:`~fedsim.optimize.objective.efficiency_and_grad`), finite even where the target is
+    out of reach; ``B`` and the objectives below stand for whichever objective is optimised.
 
 Concurrency
     ``phi(C) = min_p B(p, C)`` is explored in three steps, each warm-started from the routing
@@ -54,7 +57,9 @@ MAX_ENVELOPE_ROUNDS = 30
 
 @dataclass(frozen=True)
 class RoutingOptimum:
-    """The best routing at one concurrency: per-client probability ``q`` of each group."""
+    """The best routing at one concurrency: per-client probability ``q`` of each group, the
+    objective's ``value`` there (``inf`` if a target is out of reach), the softmax logits
+    ``theta`` and the L-BFGS iterations."""
 
     concurrency: int
     q: np.ndarray
