@@ -12,7 +12,7 @@ after the last, the engine's ``_apply``. Two disciplines:
 
 Every station stamps the start and the end of each service on the task
 (:attr:`~fedsim.engine.Task.stamps`), which is all the station statistics need
-(:mod:`fedsim.station_stats`).
+(:mod:`fedsim.stations_tracking`).
 
 State a later feature can act on: a FIFO station's service in progress is the head of
 ``queue``, started at ``stamps[start_slot]`` and due at ``end``; its pending SimPy event is
@@ -41,7 +41,7 @@ durations that are equal on paper differ by round-off (0.1 + 0.2 != 0.3), so the
    simultaneous events equally likely (probability 1/k!).
 
 A continuous station draws no key (priority ``NORMAL``), so a scenario without atomic laws keeps
-its sample path. At an instant the update horizon is reached, the run stops before any further
+its sample path (its events coincide with another's with probability zero, and would go first). At an instant the update horizon is reached, the run stops before any further
 event of that instant (an URGENT stop event), whatever the order.
 """
 
@@ -62,9 +62,13 @@ from fedsim.scenario import LINKS, Station as StationSpec
 from fedsim.simkernel import NORMAL, armed_event, trigger_urgent
 
 TICKS_PER_UNIT = 10**6
-"""Grid of atomic laws: durations are whole numbers of 1e-9 time units."""
+"""Grid of atomic laws: durations are whole numbers of 1e-6 time units. Coarse enough that a
+perturbation of a mean by 1e-7 (round-off in a scenario file, say) is no perturbation at all,
+fine enough that a duration of 1e-3 time units is resolved to 0.05%."""
 GRID_EXACT_UNTIL = 1e9
-"""Simulated time below which grid times are exact (2^52 ticks is 4.5e6 time units; margin kept)."""
+"""Simulated time below which grid times are exact: ``round(now * TICKS_PER_UNIT)`` gives back
+the ticks of ``now`` while their relative round-off, about 3e-16 of 1e15, stays below half a
+tick (2^52 ticks are 4.5e9 time units; a margin is kept)."""
 SERVER_BLOCK = 4096
 N_STAMPS = 2 * len(STAGES)
 
