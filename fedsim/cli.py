@@ -25,6 +25,7 @@ import numpy as np
 from fedsim import __version__
 from fedsim.errors import RunFailed, RunStopped, ScenarioError
 from fedsim.inputs import one_line
+from fedsim.optimize.objective import OBJECTIVES
 from fedsim.paths import parse_assignment
 from fedsim.scenario import Scenario, load_scenario
 
@@ -148,6 +149,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"throughput {_fmt(s['throughput_sim'], s['throughput_ci'])} (analytic {_fmt(s['throughput_analytic'])}); "
           f"mean staleness {_fmt(s['mean_staleness_sim'], s['mean_staleness_ci'])} "
           f"(analytic {_fmt(s['mean_staleness_analytic'])})")
+    if "server_queue_sim" in s:
+        print(f"server utilisation {_fmt(s['server_utilisation_sim'], s['server_utilisation_ci'])} "
+              f"(analytic {_fmt(s['server_utilisation_analytic'])}); power {_fmt(s['power_sim'], s['power_ci'])} W "
+              f"(analytic {_fmt(s['power_analytic'])}); energy per update "
+              f"{_fmt(s['energy_per_update_sim'], s['energy_per_update_ci'])} J "
+              f"(analytic {_fmt(s['energy_per_update_analytic'])}); time_breakdown.png")
     print_groups(s["groups"], scenario.exact)
     if scenario.training is not None:
         print(f"training: final test accuracy {_num(s['final_accuracy']):.4f} (best {_num(s['best_accuracy']):.4f} at "
@@ -256,12 +263,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     scenario = _scenario(args)
     out = check_out(Path(args.out) if args.out else Path("results") / f"{Path(args.scenario).stem}-optimize")
-    comparison = compare(scenario, budget=args.budget)
+    comparison = compare(scenario, budget=args.budget, target=args.target, weight=args.weight,
+                         objective=args.objective)
     spec = comparison.spec
     if comparison.estimates is not None:
         print(f"constants estimated from the training section: {comparison.estimates.describe()}")
     print(f"{scenario.name}: A = {spec.A:.4g}, L = {spec.L:.4g}, S = {spec.S:.4g}, eta = {spec.eta:.4g}; "
-          f"K = {spec.updates:.6g} updates (per-update), budget T = {spec.budget:.6g} (wall-clock); "
+          f"K = {spec.updates:.6g} updates (per-update), budget T = {spec.budget:.6g} (wall-clock), "
+          f"target eps = {spec.target:.6g} (time, energy; weight rho = {spec.weight:g}); "
           f"C in [{spec.c_min}, {spec.c_max}]")
     paths = write_comparison(comparison, args.objective, out)
     table = comparison_table(comparison).set_index("setting").T
@@ -322,10 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     optimize = sub.add_parser("optimize", parents=[common], help="optimal routing and concurrency for the loss bound")
     optimize.add_argument("scenario")
-    optimize.add_argument("--objective", choices=["per-update", "wall-clock"], required=True,
-                          help="which optimum the written scenario gets (the table shows both)")
+    optimize.add_argument("--objective", choices=list(OBJECTIVES), required=True,
+                          help="which optimum the written scenario gets (the table shows them all)")
     optimize.add_argument("--budget", type=float, metavar="T",
                           help="simulated-time budget of the wall-clock objective (default optimization.budget)")
+    optimize.add_argument("--target", type=float, metavar="EPS",
+                          help="bound value the time and energy objectives reach (default optimization.target, "
+                          "else the bound of uniform routing with C = n at the budget)")
+    optimize.add_argument("--weight", type=float, metavar="RHO",
+                          help="rho of the time-energy objective rho E/E* + (1 - rho) T/T* "
+                          "(default optimization.weight, 0.5)")
     optimize.add_argument("--out", help="output folder (default results/<scenario file name>-optimize)")
     _scenario_options(optimize, memory=False)
     return parser

@@ -51,8 +51,8 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-RUN_FILES = frozenset({"summary.json", "clients.csv", "staleness.png", "trace.parquet", "training.csv",
-                       "training.png", "model.pt", "checkpoint.pt"})
+RUN_FILES = frozenset({"summary.json", "clients.csv", "staleness.png", "time_breakdown.png", "time_breakdown.csv",
+                       "trace.parquet", "training.csv", "training.png", "model.pt", "checkpoint.pt"})
 """What a run folder may hold: a folder with anything else is never replaced."""
 
 

@@ -12,6 +12,8 @@ fixes (bytes, approximately; measured on CPython 3.11 / numpy 2, 64-bit):
   distinct values and their counts) and 8 E[tau_i] (1 + ln k_i) (a dense histogram as long
   as the largest of k_i draws of a geometric-like law), times P(k_i >= 1) ~ min(1, k_i);
 - results: the per-client tables (clients.csv and its statistics), about 700 B per client;
+- with links, a server or powers: the stations' engine (as much again as the engine) and
+  their statistics (per station present, 3 arrays of batch sums like the tracker's);
 - the analytical solution, O(n + C) float64;
 - trace: 44 B per update, three times over when kept in memory (``fedsim.run(trace=True)``);
   ``trace.parquet`` is streamed to disk by the CLI and costs no memory;
@@ -42,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.engine import has_stations
 from fedsim.errors import ScenarioError
-from fedsim.scenario import Scenario
+from fedsim.scenario import LINKS, Scenario
 
 __all__ = ["Estimate", "available_memory", "cheap_to_solve", "check_memory", "estimate", "format_bytes", "parse_size"]
 
@@ -230,6 +233,12 @@ def estimate(scenario: Scenario, *, trace_in_memory: bool = False, solution: Any
             ("results", RESULT_BYTES_PER_CLIENT * n),
             ("analytic", 8.0 * (10 * n + 4 * C)),
         ]
+        if has_stations(scenario):
+            links = any(getattr(g, link) is not None for g in scenario.groups for link in LINKS)
+            stations = 3 if links else 1  # downlink, compute, uplink; or compute alone
+            parts += [("engine stations", CLIENT_BYTES * n + TASK_BYTES * C),
+                      ("station statistics", 8.0 * batches * n * (1 + 3 * stations) * 2
+                       + 8.0 * n * len(scenario.groups))]
         if trace_in_memory:
             parts.append(("trace", 3.0 * TRACE_ROW_BYTES * updates))
     if cfg is not None:

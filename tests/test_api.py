@@ -158,3 +158,16 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 -- the documented example
     assert isinstance(namespace["res"], fedsim.Run) and (tmp_path / "results" / "two-speeds-c20").is_dir()
+
+
+def test_an_extended_network_round_trips(tmp_path):
+    doc = copy.deepcopy(BASE) | {"server": {"service": {"dist": "exponential", "rate": 20.0}},
+                                 "server_power": {"busy": 50.0, "idle": 10.0}}
+    doc["clients"][0] |= {"uplink": {"dist": "exponential", "mean": 0.2, "station": "fifo"},
+                          "power": {"compute": 3.0, "uplink": 1.0, "idle": 0.5}}
+    res = fedsim.run(doc)
+    assert res.breakdown is not None and set(res.breakdown["source"]) == {"simulated", "analytical"}
+    assert "energy_per_update_sim" in res.summary and "uplink_time_sim" in res.clients
+    res.save(tmp_path / "x")
+    assert (tmp_path / "x" / "time_breakdown.png").stat().st_size > 10_000
+    assert fedsim.open_run(tmp_path / "x") == res
