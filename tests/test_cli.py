@@ -326,3 +326,31 @@ def test_summary_records_provenance(write_yaml, tmp_path):
     assert p["inputs"] == {str(path): "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
                            str(tmp_path / "durations.csv"):
                                "sha256:" + hashlib.sha256(b"0.5\n1.5\n2.0\n").hexdigest()}
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes_the_run(write_yaml, tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import fedsim.training.session as session
+
+    doc = SMALL | {"horizon": {"updates": 600, "warmup": 60},
+                   "training": {"dataset": {"name": "synthetic", "dim": 5, "classes": 3, "samples": 30},
+                                "model": "logistic", "algorithm": {"name": "async_sgd", "lr": 0.05, "batch_size": 4},
+                                "eval": {"every_updates": 200}}}
+    path, out = write_yaml(doc), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    save = session.save_checkpoint
+
+    def save_then_interrupt(*args):
+        save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "save_checkpoint", save_then_interrupt)
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--checkpoint-every", "300"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"but checkpoint.pt; continue with --resume {out}" in err
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"] and hidden(tmp_path) == []
+    monkeypatch.undo()
+    assert main(["run", str(path), "--resume", str(out), "--quiet"]) == 0
+    a, b = torch.load(tmp_path / "full" / "model.pt"), torch.load(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "summary.json").read_text())["resumed_from_update"] == 300
