@@ -2,7 +2,7 @@
 
 Randomness: the scenario's ``training`` stream is split with ``SeedSequence.spawn`` into
 ``data`` (synthetic generation), ``partition``, ``init`` (model initialisation), ``batches``
-(the clients' mini-batches) and ``torch`` (the global torch generator, for stochastic layers).
+(the clients' mini-batches: child i of it is client i's stream) and ``torch`` (the global torch generator, for stochastic layers).
 None of them touches the ``service`` and ``routing`` streams, so the queueing sample path is
 the same with and without training.
 """
@@ -85,8 +85,8 @@ def build_workload(scenario: Scenario) -> Workload:
         module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes)
     flat = FlatModel(module, device)
     w0 = flat.flatten()
-    sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], np.random.default_rng(seeds["batches"]), device)
-    trainer = LocalTrainer(flat, x_train, y_train, sampler)
+    sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], seeds["batches"], device)
+    trainer = LocalTrainer(flat, x_train, y_train)
     evaluator = Evaluator(flat, x_train, y_train, client_of, torch.from_numpy(sizes).to(device), x_test, y_test)
     torch_seed = int(seeds["torch"].generate_state(1, np.uint64)[0] >> np.uint64(1))
     return Workload(cfg, data.input_shape, data.classes, sizes, flat, w0, sampler, trainer, evaluator, device, torch_seed)
