@@ -164,9 +164,10 @@ class TrainingObserver:
 
     def state_dict(self, done: int, now: float) -> dict[str, Any]:
         """Everything training needs to go on from update ``done`` (CPU tensors, plain values):
-        besides the model and the rule, the results already computed for tasks in flight, by
-        dispatch number (the versions held by the others are in ``versions``)."""
-        results = {t.payload.seq: t.payload.result.cpu().clone() for t in self.in_flight
+        besides the model and the rule, the results already computed for tasks in flight (with
+        their versions' steps), by dispatch number; the versions the other tasks hold are in
+        ``versions``."""
+        results = {t.payload.seq: (t.payload.result.cpu().clone(), t.payload.step) for t in self.in_flight
                    if t.payload.result is not None}
         return {
             "kind": "async",
@@ -191,7 +192,8 @@ class TrainingObserver:
         for task in self.in_flight:
             w = task.payload
             if w.seq in results:
-                w.result = results[w.seq].to(device)
+                result, w.step = results[w.seq]
+                w.result = result.to(device)
             else:
                 w.version = self.versions.restored(task.dispatch_update)
                 w.step = w.version.step
