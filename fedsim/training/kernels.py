@@ -147,7 +147,7 @@ class ConvKernel:
         self.x, self.y = x, y
         self.grouped = x.device.type == "cuda"
         with torch.no_grad():
-            probe = torch.zeros(1, *x.shape[1:], device=x.device)
+            probe = torch.zeros(1, *x.shape[1:], device=x.device, dtype=flat.grad.dtype)
             sizes = []
             for layer in body:
                 probe = layer(probe)
@@ -255,7 +255,7 @@ class VmapKernel:
     def __call__(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         T, B = idx.shape
         rows = idx.reshape(-1)
-        x = self.x.index_select(0, rows)
+        x = self.x.index_select(0, rows).to(W.dtype)
         return self._grad(W, x.view(T, B, *x.shape[1:]), self.y.index_select(0, rows).view(T, B))
 
 

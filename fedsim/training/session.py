@@ -48,18 +48,19 @@ class TrainingSession:
 
     ``out`` is the run folder (None: nothing is written, the curve stays in memory);
     ``checkpoint_every`` (updates) writes ``out/checkpoint.pt``; ``resume`` is a run folder
-    whose checkpoint the run continues from.
+    whose checkpoint the run continues from; ``dtype`` float64 trains in double precision (a
+    reference for numerical checks).
     """
 
     def __init__(self, scenario: Scenario, out: Path | None = None, *, checkpoint_every: int | None = None,
-                 resume: Path | None = None) -> None:
+                 resume: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
         cfg = scenario.training
         self.scenario = scenario
         self.out = out
         state = load_checkpoint(resume, scenario) if resume is not None else None
         self.resumed_from = state["updates"] if state is not None else None
         torch.set_num_threads(cfg.threads)
-        self.workload = wl = build_workload(scenario)
+        self.workload = wl = build_workload(scenario, dtype)
         torch.manual_seed(wl.torch_seed)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
