@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedsim.analytic import NetworkSolution, solve
 from fedsim.engine import CompletionRecords, Engine
+from fedsim.errors import ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.tracking import RunStatistics, TraceWriter, Tracker
 
@@ -26,7 +27,16 @@ class RunResult:
 
 def analyse(scenario: Scenario) -> NetworkSolution:
     """Product-form prediction for the scenario (exact iff every service is exponential)."""
+    _refuse_extended(scenario)
     return solve(scenario.mu, scenario.p, scenario.concurrency)
+
+
+def _refuse_extended(scenario: Scenario) -> None:
+    """Links and the server are parsed but neither simulated nor solved yet: refuse them
+    rather than silently run the base model."""
+    if scenario.extended:
+        raise ScenarioError("server" if scenario.server is not None else "clients",
+                            "links and a server are not simulated yet; remove server, downlink and uplink")
 
 
 class ProgressBar:
@@ -67,6 +77,7 @@ def simulate(scenario: Scenario, *, observers: Iterable[object] = (), trace: Pat
     ``trace`` writes one Parquet row per completed task; ``progress`` shows a bar on stderr,
     advanced per update when the scenario trains a model and per chunk of records otherwise.
     """
+    _refuse_extended(scenario)
     bar = (StepProgressBar if scenario.training is not None else ProgressBar)(scenario) if progress else None
     tracker = Tracker(scenario)
     extra = [o for o in (bar, TraceWriter(trace) if trace is not None else None) if o is not None]

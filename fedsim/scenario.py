@@ -11,14 +11,26 @@ in README.md; in short::
     horizon: {updates: 200000, warmup: 10000}      # or {time: 5000.0, warmup: 500.0}
     routing: uniform                               # uniform | proportional | weights
     statistics: {batches: 20, confidence: 0.95}    # optional
+    server: {service: {dist: exponential, rate: 40.0}}        # optional; absent = instantaneous
+    server_power: {busy: 150.0, idle: 60.0}                   # optional, watts
     clients:
       - {group: fast, count: 5, service: {dist: exponential, rate: 4.0}}
-      - {group: slow, count: 20, service: {dist: lognormal, mean: 2.0, cv: 1.5}}
+      - group: slow
+        count: 20
+        service: {dist: lognormal, mean: 2.0, cv: 1.5}
+        downlink: {dist: exponential, mean: 0.4, station: delay}   # optional; station: fifo | delay
+        uplink: {dist: lognormal, mean: 1.2, cv: 0.8, station: fifo}
+        power: {compute: 3.0, uplink: 1.5, downlink: 0.8, idle: 0.2}   # optional, watts
+
+The network: a task routed to client i visits ``downlink_i -> compute_i -> uplink_i ->
+server``; links and the server are optional (absent: no delay), so a scenario with none of
+them is the base model of asynchronous SGD. The core fields are parsed here; the larger
+optional sections (``training:``, ``optimization:``) by their own modules, through the
+registry of :mod:`fedsim.sections`. Field checks come from :mod:`fedsim.fields`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,23 +42,79 @@ import yaml
 
 from fedsim.distributions import ServiceDistribution, make_distribution
 from fedsim.errors import ScenarioError
-from fedsim.optimize.objective import OPTIMAL_ROUTINGS
+from fedsim.fields import check_int, check_mapping, check_number, check_str
 from fedsim.routing import ROUTING_POLICIES, routing_probabilities
+from fedsim.sections import SECTIONS, ScenarioDraft, provided_routings
 
-TOP_FIELDS = ("name", "seed", "concurrency", "horizon", "routing", "statistics", "clients", "training",
-              "optimization")
-GROUP_FIELDS = ("group", "count", "service", "routing_weight")
+CORE_FIELDS = ("name", "seed", "concurrency", "horizon", "routing", "statistics", "clients", "server",
+               "server_power")
+GROUP_FIELDS = ("group", "count", "service", "routing_weight", "downlink", "uplink", "power")
+LINKS = ("downlink", "uplink")
+STATION_KINDS = ("fifo", "delay")
+DEFAULT_LINK_KIND = "delay"
 DEFAULT_WARMUP_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
+class Station:
+    """A station of the network that tasks visit: its service law and its discipline.
+
+    ``kind`` is ``fifo`` (one server, first come first served: tasks queue) or ``delay`` (an
+    infinite-server station: every task is delayed independently by a draw of ``law``, as a
+    link whose transfers do not queue).
+    """
+
+    law: ServiceDistribution
+    kind: str = "fifo"
+
+    def to_spec(self) -> dict[str, Any]:
+        """The station in the YAML schema (the law's fields and ``station``)."""
+        return self.law.to_spec() | {"station": self.kind}
+
+
+@dataclass(frozen=True)
+class ClientPower:
+    """Power (watts) a client draws: while computing, per uplink or downlink transfer in
+    progress, and while not computing (``idle``)."""
+
+    compute: float = 0.0
+    uplink: float = 0.0
+    downlink: float = 0.0
+    idle: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerPower:
+    """Power (watts) the server draws while applying an update (``busy``) and otherwise."""
+
+    busy: float = 0.0
+    idle: float = 0.0
+
+
+@dataclass(frozen=True)
 class ClientGroup:
-    """``count`` identical clients sharing a service-time law and a routing weight."""
+    """``count`` identical clients sharing a compute law, routing weight, links and power."""
 
     name: str
     count: int
     service: ServiceDistribution
     routing_weight: float | None = None
+    downlink: Station | None = None
+    uplink: Station | None = None
+    power: ClientPower | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The group in the YAML schema."""
+        out: dict[str, Any] = {"group": self.name, "count": self.count, "service": self.service.to_spec()}
+        if self.routing_weight is not None:
+            out["routing_weight"] = self.routing_weight
+        for link in LINKS:
+            station = getattr(self, link)
+            if station is not None:
+                out[link] = station.to_spec()
+        if self.power is not None:
+            out["power"] = vars(self.power).copy()
+        return out
 
 
 @dataclass(frozen=True)
@@ -73,7 +141,8 @@ class Statistics:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A validated experiment: the network (clients, routing, concurrency), its horizon and seed."""
+    """A validated experiment: the network (clients, links, server, routing, concurrency), its
+    horizon and seed, and its optional sections (``training``, ``optimization``, ...)."""
 
     name: str
     seed: int
@@ -82,10 +151,21 @@ class Scenario:
     routing: str
     groups: tuple[ClientGroup, ...]
     statistics: Statistics = Statistics()
-    training: Any = None
-    optimization: Any = None
+    server: Station | None = None
+    server_power: ServerPower | None = None
+    sections: Mapping[str, Any] = field(default_factory=dict)
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def training(self) -> Any:
+        """The ``training:`` section (a :class:`~fedsim.training.config.TrainingConfig`) or None."""
+        return self.sections.get("training")
+
+    @property
+    def optimization(self) -> Any:
+        """The ``optimization:`` section (an :class:`~fedsim.optimize.config.OptimizationSpec`) or None."""
+        return self.sections.get("optimization")
 
     @cached_property
     def n_clients(self) -> int:
@@ -112,12 +192,21 @@ class Scenario:
         return 1.0 / self.mean_service
 
     @property
+    def extended(self) -> bool:
+        """True when a link or the server takes time: the extended network, not the base model."""
+        return self.server is not None or any(getattr(g, link) is not None for g in self.groups for link in LINKS)
+
+    @property
     def exact(self) -> bool:
-        """True when every service is exponential: the product-form analysis is then exact."""
-        return all(g.service.name == "exponential" for g in self.groups)
+        """True when the product-form analysis is exact: every FIFO station (compute, FIFO links,
+        the server) is exponential; delay stations may have any law (insensitivity)."""
+        fifo = [g.service for g in self.groups]
+        fifo += [s.law for g in self.groups for s in (g.downlink, g.uplink) if s is not None and s.kind == "fifo"]
+        fifo += [self.server.law] if self.server is not None else []
+        return all(law.name == "exponential" for law in fifo)
 
     def services(self) -> list[ServiceDistribution]:
-        """The service law of every client."""
+        """The compute law of every client."""
         return [self.groups[g].service for g in self.client_group]
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,58 +223,13 @@ class Scenario:
             "horizon": horizon,
             "routing": self.routing,
             "statistics": {"batches": self.statistics.batches, "confidence": self.statistics.confidence},
-            "clients": [
-                {"group": g.name, "count": g.count, "service": g.service.to_spec()}
-                | ({} if g.routing_weight is None else {"routing_weight": g.routing_weight})
-                for g in self.groups
-            ],
         }
-        if self.training is not None:
-            out["training"] = self.training.to_dict()
-        if self.optimization is not None:
-            out["optimization"] = self.optimization.to_dict()
-        return out
-
-
-# ---------------------------------------------------------------------------------------
-# field checks: each returns the checked value or raises ScenarioError(path, ...)
-
-
-def check_mapping(value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-    """``value`` must be a mapping whose keys are all in ``allowed``."""
-    if not isinstance(value, Mapping):
-        raise ScenarioError(path, f"must be a mapping with fields {', '.join(allowed)}, got {type(value).__name__}")
-    for key in value:
-        if key not in allowed:
-            raise ScenarioError(f"{path}.{key}" if path else str(key), f"unknown field; allowed: {', '.join(allowed)}")
-    return value
-
-
-def check_int(value: Any, path: str, minimum: int) -> int:
-    """An integer (not a bool, not a float) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ScenarioError(path, f"must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ScenarioError(path, f"must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def check_number(value: Any, path: str, *, positive: bool = False, low: float | None = None,
-                 high: float | None = None) -> float:
-    """A finite real number, > 0 if ``positive``, within [low, high] when given."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ScenarioError(path, f"must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ScenarioError(path, f"must be a positive number, got {value}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ScenarioError(path, f"must be between {low} and {high}, got {value}")
-    return float(value)
-
-
-def check_str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ScenarioError(path, f"must be a non-empty string, got {value!r}")
-    return value
+        if self.server is not None:
+            out["server"] = {"service": self.server.law.to_spec()}
+        if self.server_power is not None:
+            out["server_power"] = vars(self.server_power).copy()
+        out["clients"] = [g.to_dict() for g in self.groups]
+        return out | {name: value.to_dict() for name, value in self.sections.items()}
 
 
 def _parse_horizon(raw: Any) -> Horizon:
@@ -203,6 +247,32 @@ def _parse_horizon(raw: Any) -> Horizon:
     if warmup_t >= time:
         raise ScenarioError("horizon.warmup", f"must be below horizon.time ({time}), got {warmup_t}")
     return Horizon(updates=None, time=time, warmup=warmup_t)
+
+
+def _parse_station(raw: Any, path: str, base_dir: Path | None) -> Station:
+    """A link: a service-law mapping with an optional ``station: fifo | delay`` (default delay)."""
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(path, f"must be a mapping such as {{dist: exponential, mean: 0.5, station: delay}}, "
+                            f"got {raw!r}")
+    kind = raw.get("station", DEFAULT_LINK_KIND)
+    if kind not in STATION_KINDS:
+        raise ScenarioError(f"{path}.station", f"must be one of {', '.join(STATION_KINDS)}, got {kind!r}")
+    law = make_distribution({k: v for k, v in raw.items() if k != "station"}, path, base_dir)
+    return Station(law=law, kind=kind)
+
+
+def _parse_power(raw: Any, path: str, cls: type) -> Any:
+    """A power mapping (watts, each >= 0, missing ones 0) into ``cls``."""
+    names = tuple(cls.__dataclass_fields__)
+    spec = check_mapping(raw, path, names)
+    return cls(**{k: check_number(v, f"{path}.{k}", low=0.0) for k, v in spec.items()})
+
+
+def _parse_server(raw: Any, base_dir: Path | None) -> Station:
+    spec = check_mapping(raw, "server", ("service",))
+    if "service" not in spec:
+        raise ScenarioError("server.service", "missing; give e.g. {dist: exponential, rate: 40.0}")
+    return Station(law=make_distribution(spec["service"], "server.service", base_dir), kind="fifo")
 
 
 def _parse_groups(raw: Any, base_dir: Path | None) -> tuple[ClientGroup, ...]:
@@ -224,7 +294,10 @@ def _parse_groups(raw: Any, base_dir: Path | None) -> tuple[ClientGroup, ...]:
         weight = None
         if "routing_weight" in g:
             weight = check_number(g["routing_weight"], f"{path}.routing_weight", low=0.0)
-        groups.append(ClientGroup(name=name, count=count, service=service, routing_weight=weight))
+        links = {link: _parse_station(g[link], f"{path}.{link}", base_dir) for link in LINKS if link in g}
+        power = _parse_power(g["power"], f"{path}.power", ClientPower) if "power" in g else None
+        groups.append(ClientGroup(name=name, count=count, service=service, routing_weight=weight, power=power,
+                                  **links))
     return tuple(groups)
 
 
@@ -233,23 +306,23 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
 
     ``base_dir`` resolves relative file paths (empirical service times, datasets).
     """
-    doc = check_mapping(raw, "", TOP_FIELDS)
-    optimal = doc.get("routing") in OPTIMAL_ROUTINGS  # the optimiser then chooses the concurrency
-    for required in ("name", "horizon", "clients") + (() if optimal else ("concurrency",)):
+    doc = check_mapping(raw, "", CORE_FIELDS + tuple(SECTIONS))
+    provider = provided_routings().get(doc.get("routing"))  # a section then chooses the concurrency
+    for required in ("name", "horizon", "clients") + (() if provider else ("concurrency",)):
         if required not in doc:
             raise ScenarioError(required, "missing required field")
     name = check_str(doc["name"], "name")
     seed = check_int(doc.get("seed", 0), "seed", 0)
-    if optimal and "concurrency" in doc:
+    if provider and "concurrency" in doc:
         raise ScenarioError("concurrency", f"chosen by routing {doc['routing']}; remove it "
-                            "(optimization.concurrency: {min, max} bounds the search)")
-    concurrency = None if optimal else check_int(doc["concurrency"], "concurrency", 1)
+                            f"({provider}.concurrency: {{min, max}} bounds the search)")
+    concurrency = None if provider else check_int(doc["concurrency"], "concurrency", 1)
     horizon = _parse_horizon(doc["horizon"])
     groups = _parse_groups(doc["clients"], base_dir)
     has_weights = any(g.routing_weight is not None for g in groups)
     routing = check_str(doc.get("routing", "weights" if has_weights else "uniform"), "routing")
-    if routing not in ROUTING_POLICIES and not optimal:
-        allowed = ", ".join(sorted(ROUTING_POLICIES) + list(OPTIMAL_ROUTINGS))
+    if routing not in ROUTING_POLICIES and not provider:
+        allowed = ", ".join(sorted(ROUTING_POLICIES) + list(provided_routings()))
         raise ScenarioError("routing", f"unknown routing {routing!r}; allowed: {allowed}")
     if has_weights and routing != "weights":
         k = next(k for k, g in enumerate(groups) if g.routing_weight is not None)
@@ -260,23 +333,22 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
         confidence=check_number(stats_raw.get("confidence", Statistics.confidence), "statistics.confidence",
                                 low=0.5, high=0.9999),
     )
-    training = None
-    if doc.get("training") is not None:
-        from fedsim.training.config import parse_training
-
-        training = parse_training(doc["training"], "training", base_dir)
-    optimization = None
-    if doc.get("optimization") is not None or optimal:
-        from fedsim.optimize.config import parse_optimization, resolve_optimal_routing
-
-        optimization = parse_optimization(doc.get("optimization"), groups, horizon)
-        if optimal:  # concrete p and C from here on; optimization.objective records the choice
-            optimization, groups, concurrency, _ = resolve_optimal_routing(routing, optimization, groups, training,
-                                                                           seed)
-            routing = "weights"
-    scenario = Scenario(name=name, seed=seed, concurrency=concurrency, horizon=horizon, routing=routing,
-                        groups=groups, statistics=statistics, training=training, optimization=optimization,
-                        source=source, raw=dict(doc))
+    server = _parse_server(doc["server"], base_dir) if doc.get("server") is not None else None
+    server_power = None
+    if doc.get("server_power") is not None:
+        if server is None:
+            raise ScenarioError("server_power", "needs a server: give server: {service: ...} too")
+        server_power = _parse_power(doc["server_power"], "server_power", ServerPower)
+    draft = ScenarioDraft(name=name, seed=seed, concurrency=concurrency, horizon=horizon, routing=routing,
+                          groups=groups, server=server, base_dir=base_dir)
+    for section in SECTIONS.values():
+        if doc.get(section.name) is not None or routing in section.routings:
+            value = section.parser()(doc.get(section.name), draft)
+            if value is not None:
+                draft.sections[section.name] = value
+    scenario = Scenario(name=name, seed=seed, concurrency=draft.concurrency, horizon=horizon, routing=draft.routing,
+                        groups=draft.groups, statistics=statistics, server=server, server_power=server_power,
+                        sections=draft.sections, source=source, raw=dict(doc))
     scenario.p  # noqa: B018 -- resolve the routing now so that all-zero weights fail at parse time
     return scenario
 

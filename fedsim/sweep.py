@@ -71,7 +71,8 @@ import yaml
 
 from fedsim import __version__
 from fedsim.errors import ScenarioError
-from fedsim.scenario import check_int, check_mapping, check_str, parse_scenario
+from fedsim.fields import check_int, check_mapping, check_str
+from fedsim.scenario import parse_scenario
 
 SWEEP_FIELDS = ("name", "scenario", "overrides", "grid", "seeds", "seed", "trace")
 SUMMARY_FILE = "summary.json"

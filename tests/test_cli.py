@@ -119,6 +119,17 @@ BAD = [
     ("clients[0].routing_weight", mutate("routing", "uniform")),
     ("clients[1].service.file", mutate("clients[1].service", {"dist": "empirical", "file": "nowhere.csv"})),
     ("statistics.batches", BASE | {"statistics": {"batches": 1}}),
+    ("server.service", BASE | {"server": {}}),
+    ("server.speed", BASE | {"server": {"speed": 2.0}}),
+    ("server.service.rate", BASE | {"server": {"service": {"dist": "exponential", "rate": -1.0}}}),
+    ("server_power", BASE | {"server_power": {"busy": 100.0}}),
+    ("server_power.busy", BASE | {"server": {"service": {"dist": "exponential", "rate": 9.0}},
+                                  "server_power": {"busy": "lots"}}),
+    ("clients[0].uplink.station", mutate("clients[0].uplink", {"dist": "exponential", "mean": 1.0, "station": "ps"})),
+    ("clients[0].downlink.dist", mutate("clients[0].downlink", {"mean": 1.0})),
+    ("clients[0].downlink", mutate("clients[0].downlink", 0.5)),
+    ("clients[1].power.compute", mutate("clients[1].power", {"compute": -3.0})),
+    ("clients[1].power.gpu", mutate("clients[1].power", {"gpu": 3.0})),
 ]
 
 

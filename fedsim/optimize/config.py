@@ -35,11 +35,14 @@ from typing import Any
 import numpy as np
 
 from fedsim.errors import ScenarioError
-from fedsim.optimize.objective import OBJECTIVES, BoundConstants, GroupNetwork, Objective, mva_forward
+from fedsim.optimize.objective import OBJECTIVES, OPTIMAL_ROUTINGS, BoundConstants, GroupNetwork, Objective, mva_forward
 from fedsim.optimize.solver import Optimum, optimise
-from fedsim.scenario import ClientGroup, Horizon, Scenario, check_int, check_mapping, check_number
+from fedsim.fields import check_int, check_mapping, check_number
+from fedsim.scenario import ClientGroup, Horizon, Scenario
+from fedsim.sections import ScenarioDraft
 
-__all__ = ["OptimizationSpec", "complete_constants", "group_network", "parse_optimization", "resolve_optimal_routing"]
+__all__ = ["OptimizationSpec", "complete_constants", "group_network", "parse_optimization", "parse_section",
+           "resolve_optimal_routing"]
 
 FIELDS = ("A", "L", "S", "eta", "budget", "updates", "concurrency", "objective")
 CONSTANTS = ("A", "L", "S")
@@ -139,7 +142,7 @@ def complete_constants(spec: OptimizationSpec, training: Any, groups: tuple[Clie
         # the data, partition and initial model depend only on the training section, the
         # clients and the seed: a scenario with any routing and concurrency builds the same
         start = Scenario(name="estimate", seed=seed, concurrency=1, horizon=Horizon(updates=1, time=None, warmup=0),
-                         routing="uniform", groups=groups, training=training)
+                         routing="uniform", groups=groups, sections={"training": training})
         estimates = estimate_constants(start)
         fill |= {k: getattr(estimates, k) for k in CONSTANTS if getattr(spec, k) is None}
     if spec.eta is None:
@@ -163,3 +166,14 @@ def resolve_optimal_routing(routing: str, spec: OptimizationSpec, groups: tuple[
                        c_min=spec.c_min, c_max=spec.c_max)
     groups = tuple(dataclasses.replace(g, routing_weight=float(q)) for g, q in zip(groups, optimum.q))
     return dataclasses.replace(spec, objective=name), groups, optimum.concurrency, optimum
+
+
+def parse_section(raw: Any, draft: ScenarioDraft) -> OptimizationSpec:
+    """The ``optimization:`` section (see :mod:`fedsim.sections`); for ``routing: optimal-*`` it
+    also runs the optimiser and gives the draft its concrete routing weights and concurrency."""
+    spec = parse_optimization(raw, draft.groups, draft.horizon)
+    if draft.routing in OPTIMAL_ROUTINGS:
+        spec, draft.groups, draft.concurrency, _ = resolve_optimal_routing(
+            draft.routing, spec, draft.groups, draft.sections.get("training"), draft.seed)
+        draft.routing = "weights"
+    return spec

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ScenarioError
-from fedsim.scenario import check_int, check_mapping
+from fedsim.sections import ScenarioDraft
 from fedsim.training.algorithms import ALGORITHMS, COMMON_FIELDS
 from fedsim.training.datasets import DATASETS
-from fedsim.training.fields import Component, choice, frozen, named, parse_fields
+from fedsim.fields import Component, check_int, check_mapping, choice, frozen, named, parse_fields
 from fedsim.training.models import MODELS, is_factory_path
 from fedsim.training.partition import PARTITIONS
 
@@ -163,3 +163,8 @@ def parse_training(raw: Any, path: str = "training", base_dir: Path | None = Non
         raise ScenarioError(f"{path}.batched", f"must be auto, true or false, got {batched!r}")
     return TrainingConfig(dataset=dataset, partition=partition, model=model, algorithm=algorithm,
                           eval_every=every, device=device, threads=threads, batched=batched, base_dir=base_dir)
+
+
+def parse_section(raw: Any, draft: ScenarioDraft) -> TrainingConfig:
+    """The ``training:`` section of a scenario (see :mod:`fedsim.sections`)."""
+    return parse_training(raw, "training", draft.base_dir)

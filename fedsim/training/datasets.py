@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.errors import ScenarioError
-from fedsim.training.fields import Field, between, boolean, choice, integer, nonnegative, string
+from fedsim.fields import Field, between, boolean, choice, integer, nonnegative, string
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsim.errors import ScenarioError
-from fedsim.training.fields import Field, int_list
+from fedsim.fields import Field, int_list
 
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 

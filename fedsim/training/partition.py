@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.errors import ScenarioError
-from fedsim.training.fields import Check, between, integer
+from fedsim.fields import Check, between, integer
 
 Split = Callable[[np.ndarray, int, np.random.Generator, object, "np.ndarray | None", str], list[np.ndarray]]
 

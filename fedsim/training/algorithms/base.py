@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedsim.training.fields import Field, integer, positive
+from fedsim.fields import Field, integer, positive
 
 COMMON_FIELDS: dict[str, Field] = {
     "lr": Field(0.05, positive, "SGD step size of the client's local steps"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedsim.fields import Field, between, choice, nonnegative
 from fedsim.training.algorithms.base import ClientWork, UpdateRule, register_algorithm
-from fedsim.training.fields import Field, between, choice, nonnegative
 
 
 def staleness_weight(kind: str, tau: int, a: float, b: float) -> float:

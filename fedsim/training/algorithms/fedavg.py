@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedsim.fields import Field, integer
 from fedsim.training.algorithms.base import ClientWork, RoundRule, register_algorithm
-from fedsim.training.fields import Field, integer
 
 
 @register_algorithm

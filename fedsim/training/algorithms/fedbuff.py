@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fedsim.fields import Field, integer, positive
 from fedsim.training.algorithms.base import ClientWork, UpdateRule, register_algorithm
-from fedsim.training.fields import Field, integer, positive
 
 
 @register_algorithm

@@ -1,21 +1,76 @@
-"""Declared parameters of the training plug-ins (datasets, partitions, models, update rules).
+"""The schema system of fedsim: field checks and declared plug-in parameters, in one room.
 
-A plug-in lists its parameters as :class:`Field` objects (default and check); :func:`parse_fields`
-validates the YAML mapping against them and fills the defaults, raising
-:class:`~fedsim.errors.ScenarioError` with the full field path (``training.algorithm.lr``).
-Nothing here imports torch: a scenario is validated without it.
+Everything that reads user input (the scenario and its sections, sweep files, plug-ins'
+parameters, command-line values) checks it with these helpers, so that every problem is a
+:class:`~fedsim.errors.ScenarioError` carrying the full field path (``clients[1].service.rate``,
+``training.algorithm.lr``) and what is allowed. Two layers:
+
+* checks: ``check_*(value, path, ...) -> value`` for one field (mapping keys, integers,
+  numbers, strings, choices, lists);
+* declared parameters: a plug-in (dataset, model, update rule, ...) lists its parameters as
+  :class:`Field` objects (default and check), and :func:`parse_fields` validates a YAML
+  mapping against them and fills the defaults.
+
+This module sits at the bottom of the package: it depends on :mod:`fedsim.errors` only, and
+imports neither torch nor any other fedsim room.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fedsim.errors import ScenarioError
-from fedsim.scenario import check_int, check_mapping, check_number, check_str
 
 Check = Callable[[Any, str], Any]
+
+
+# ---------------------------------------------------------------------------------------
+# field checks: each returns the checked value or raises ScenarioError(path, ...)
+
+
+def check_mapping(value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    """``value`` must be a mapping whose keys are all in ``allowed``."""
+    if not isinstance(value, Mapping):
+        raise ScenarioError(path, f"must be a mapping with fields {', '.join(allowed)}, got {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            raise ScenarioError(f"{path}.{key}" if path else str(key), f"unknown field; allowed: {', '.join(allowed)}")
+    return value
+
+
+def check_int(value: Any, path: str, minimum: int) -> int:
+    """An integer (not a bool, not a float) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ScenarioError(path, f"must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ScenarioError(path, f"must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_number(value: Any, path: str, *, positive: bool = False, low: float | None = None,
+                 high: float | None = None) -> float:
+    """A finite real number, > 0 if ``positive``, within [low, high] when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ScenarioError(path, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ScenarioError(path, f"must be a positive number, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ScenarioError(path, f"must be between {low} and {high}, got {value}")
+    return float(value)
+
+
+def check_str(value: Any, path: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ScenarioError(path, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# declared parameters of plug-ins
 
 
 @dataclass(frozen=True)
@@ -79,7 +134,7 @@ def parse_fields(raw: Mapping[str, Any], path: str, fields: Mapping[str, Field],
 
 
 # ---------------------------------------------------------------------------------------
-# checks, each ``check(value, path) -> value``
+# checks as values (for Field.check), each ``check(value, path) -> value``
 
 
 def positive(value: Any, path: str) -> float:
