@@ -151,7 +151,7 @@ def test_async_sgd_with_one_client_and_one_task_is_sequential_sgd_exactly():
         p.data, p.grad = v.clone(), None
     opt = torch.optim.SGD(module.parameters(), lr=0.2)
     for _ in range(150):
-        idx = wl.sampler.next(0)[0]
+        idx = torch.from_numpy(wl.sampler.next(0)[0])
         opt.zero_grad()
         torch.nn.functional.cross_entropy(module(wl.trainer.x[idx]), wl.trainer.y[idx]).backward()
         opt.step()

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedsim.training.algorithms import ClientWork
@@ -60,13 +61,14 @@ class BatchedClients:
         self.name = kernel.name
         self.max_window = max_window
 
-    def compute(self, work: ClientWork, versions: list[Any], batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    def compute(self, work: ClientWork, versions: list[Any], batches: list[np.ndarray]) -> list[torch.Tensor]:
         """The work of each task (flat rows), from its version (``.flat``) and its (K, B) batches."""
         out: list[torch.Tensor] = []
         m = self.max_window
         for a in range(0, len(versions), m):
             W = torch.stack([v.flat for v in versions[a:a + m]])
-            out.extend(run_work(work, W, torch.stack(batches[a:a + m]), self.kernel).unbind(0))
+            idx = torch.from_numpy(np.stack(batches[a:a + m])).to(W.device)
+            out.extend(run_work(work, W, idx, self.kernel).unbind(0))
         return out
 
 

@@ -35,19 +35,19 @@ class BatchSampler:
     """Each client's stream of mini-batches (indices into the client-ordered training set).
 
     ``seed`` is the ``batches`` seed sequence; client i draws its permutations from the
-    generator of ``seed.spawn(n)[i]`` (made on first use).
+    generator of ``seed.spawn(n)[i]`` (made on first use). Batches are numpy arrays (a slice
+    costs a fraction of a torch one, and a task takes one at every dispatch); the trainers move
+    them to the device, a whole window at a time on the batched path.
     """
 
-    def __init__(self, offsets: np.ndarray, sizes: np.ndarray, batch_size: int, seed: np.random.SeedSequence,
-                 device: torch.device) -> None:
+    def __init__(self, offsets: np.ndarray, sizes: np.ndarray, batch_size: int, seed: np.random.SeedSequence) -> None:
         self.offsets = [int(o) for o in offsets]
         self.sizes = [int(s) for s in sizes]
         self.batch_size = batch_size
         self.seed = seed
-        self.device = device
         n = len(self.sizes)
         self.rngs: list[np.random.Generator | None] = [None] * n
-        self.streams = [torch.zeros(0, dtype=torch.int64, device=device) for _ in range(n)]
+        self.streams = [np.zeros(0, dtype=np.int64) for _ in range(n)]
         self.lengths = [0] * n
         self.pos = [0] * n
 
@@ -60,37 +60,38 @@ class BatchSampler:
             rng = self.rngs[client] = np.random.default_rng(child)
         return rng
 
-    def next(self, client: int, count: int = 1) -> torch.Tensor:
-        """The next ``count`` mini-batches of ``client``: a (count, batch_size) tensor of indices."""
+    def next(self, client: int, count: int = 1) -> np.ndarray:
+        """The next ``count`` mini-batches of ``client``: a (count, batch_size) array of indices."""
         start = self.pos[client]
         end = start + count * self.batch_size
         if end > self.lengths[client]:
             self._refill(client, start, end)
             start, end = 0, end - start
         self.pos[client] = end
-        return self.streams[client][start:end].view(count, self.batch_size)
+        return self.streams[client][start:end].reshape(count, self.batch_size)
 
     def _refill(self, client: int, start: int, end: int) -> None:
         """Keep the unused rest of the stream and append whole shuffled epochs, enough for
-        ``end`` and for at least ``REFILL_BATCHES`` more batches."""
+        ``end`` and for at least ``REFILL_BATCHES`` more batches. Each epoch is shuffled in turn
+        (``permuted`` row by row, as ``permutation`` would), so the stream does not depend on
+        how many epochs a refill draws."""
         size, rng = self.sizes[client], self.generator(client)
         missing = max(end, start + REFILL_BATCHES * self.batch_size) - self.lengths[client]
-        fresh = np.concatenate([rng.permutation(size) for _ in range(max(1, math.ceil(missing / size)))])
-        fresh += self.offsets[client]
-        stream = torch.cat([self.streams[client][start:], torch.from_numpy(fresh).to(self.device)])
+        epochs = np.tile(np.arange(self.offsets[client], self.offsets[client] + size), (max(1, math.ceil(missing / size)), 1))
+        stream = np.concatenate([self.streams[client][start:], rng.permuted(epochs, axis=1).reshape(-1)])
         self.streams[client] = stream
         self.lengths[client] = len(stream)
         self.pos[client] = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"rngs": [None if g is None else g.bit_generator.state for g in self.rngs],
-                "streams": [s.cpu() for s in self.streams], "pos": list(self.pos)}
+                "streams": list(self.streams), "pos": list(self.pos)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for client, rng_state in enumerate(state["rngs"]):
             if rng_state is not None:
                 self.generator(client).bit_generator.state = rng_state
-        self.streams = [s.to(self.device) for s in state["streams"]]
+        self.streams = [np.asarray(s) for s in state["streams"]]
         self.lengths = [len(s) for s in self.streams]
         self.pos = list(state["pos"])
 
@@ -107,8 +108,7 @@ def sgd_step_(x: torch.Tensor, g: torch.Tensor, x0: torch.Tensor, lr: float, pro
     x.sub_(g.mul_(lr))
 
 
-def run_work(work: ClientWork, x0: torch.Tensor, batches: torch.Tensor,
-             gradient: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
+def run_work(work: ClientWork, x0: torch.Tensor, batches: Any, gradient: Callable[[torch.Tensor, Any], Any]) -> Any:
     """The client work from ``x0``: ``batches[..., k, :]`` is the mini-batch of local step k, and
     ``gradient(x, batch)`` the mini-batch gradient at ``x``. The same code serves one task (x0
     of shape (P,), batches (K, B)) and T tasks at once (x0 (T, P), batches (T, K, B))."""
@@ -143,10 +143,11 @@ class LocalTrainer:
         self._flat_grads = True  # whether the parameters' .grad are the views of ``grad``
         self._point: tuple[torch.Tensor | None, list[torch.Tensor]] = (None, [])
 
-    def _backward(self, idx: torch.Tensor) -> None:
-        self.loss(self.module(self.x.index_select(0, idx)), self.y.index_select(0, idx)).backward()
+    def _backward(self, idx: np.ndarray) -> None:
+        index = torch.as_tensor(idx, device=self.x.device)
+        self.loss(self.module(self.x.index_select(0, index)), self.y.index_select(0, index)).backward()
 
-    def gradient(self, views: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+    def gradient(self, views: list[torch.Tensor], idx: np.ndarray) -> list[torch.Tensor]:
         """g_i(w_s): the gradient of the mini-batch ``idx`` at the version whose views are given,
         one tensor per parameter."""
         self.flat.bind(views)
@@ -157,7 +158,7 @@ class LocalTrainer:
         self._backward(idx)
         return [p.grad for p in params]
 
-    def flat_gradient(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def flat_gradient(self, x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         """The gradient of the mini-batch ``idx`` at the flat vector ``x``, as the flat ``grad``
         buffer (valid until the next call)."""
         if x is not self._point[0]:
@@ -171,12 +172,12 @@ class LocalTrainer:
         self._backward(idx)
         return self.grad
 
-    def local_model(self, start: torch.Tensor, batches: torch.Tensor, lr: float, prox: float = 0.0) -> torch.Tensor:
+    def local_model(self, start: torch.Tensor, batches: np.ndarray, lr: float, prox: float = 0.0) -> torch.Tensor:
         """x_K after K = len(batches) SGD steps from x_0 = ``start``:
         x_{k+1} = x_k - lr (g(x_k; batch k) + prox (x_k - x_0))."""
         return run_work(ClientWork(len(batches), lr, "model", prox), start, batches, self.flat_gradient)
 
-    def compute(self, work: ClientWork, versions: list[Any], batches: list[torch.Tensor]) -> list[Any]:
+    def compute(self, work: ClientWork, versions: list[Any], batches: list[np.ndarray]) -> list[Any]:
         """The work of each task, from its version (``.flat``, ``.views``) and its (K, B) batches."""
         if work.output == "gradient":
             return [self.gradient(v.views, idx[0]) for v, idx in zip(versions, batches)]

@@ -7,9 +7,9 @@ A kernel maps ``W`` (T, P), one flat parameter vector per task (any float dtype)
 gives for that task alone.
 
 - :class:`DenseKernel` (the built-in ``logistic`` and ``mlp``): forward and backward written
-  out with batched matrix products. Per layer z = a W^T + b (``baddbmm``), a' = relu(z); at the
-  output dL/dz = (softmax(z) - onehot(y)) / B; backward dW = dz^T a, db = sum_b dz,
-  da = (dz W) masked by a > 0. That is 8 + 5 (L - 1) tensor operations for the T tasks of an
+  out with batched matrix products, activations as columns. Per layer z = W a + b
+  (``baddbmm``), a' = relu(z); at the output dL/dz = (softmax(z) - onehot(y)) / B; backward
+  dW = dz a^T, db = sum_b dz, da = (W^T dz) masked by a > 0. That is 8 + 5 (L - 1) tensor operations for the T tasks of an
   L-layer network, where autograd spends about 23 per task for one layer.
 - :class:`ConvKernel` (the built-in ``cnn``): activations of the T tasks side by side along
   the channels; on CUDA the tasks' convolutions run as one grouped convolution
@@ -24,9 +24,9 @@ gives for that task alone.
 
 Exactness. In the built-in kernels every task's products are GEMMs (and, on the CPU,
 convolutions) of the same shapes whatever T (torch's CPU ``bmm`` runs one GEMM per task),
-reductions run along the same axis, and elementwise operations are unfused, so on the CPU row t
-of ``G`` does not depend on T or on the other rows, bit for bit (tested in float32 and
-float64). On CUDA, cuBLAS and cuDNN may pick other algorithms for another T, which can change
+reductions run along the same axis, elementwise operations are unfused, and ``exp`` runs row
+by row (:func:`_softmax_columns`), so on the CPU row t of ``G`` does not depend on T or on the
+other rows, bit for bit (tested in float32 and float64). On CUDA, cuBLAS and cuDNN may pick other algorithms for another T, which can change
 the roundings (not measured). ``vmap`` turns convolutions into grouped ones, so the vmap kernel
 is bit-exact across T for dense layers only.
 """
@@ -72,29 +72,45 @@ class _Layout:
         return W[:, self.slices[k]].view(W.shape[0], *self.shapes[k])
 
 
+def _softmax_columns(z: torch.Tensor) -> torch.Tensor:
+    """softmax over axis 1 of z (T, classes, B): e = exp(z - max), e / sum(e).
+
+    ``exp`` is computed row by row (each row a view into a buffer one element wider, so torch
+    cannot merge the rows into one long loop): its vectorised and scalar loops may round
+    differently, and in one long loop which elements fall to the scalar tail depends on T.
+    """
+    T, c, B = z.shape
+    e = torch.empty(T, c, B + 1, dtype=z.dtype, device=z.device)[:, :, :B]
+    torch.sub(z, z.amax(1, keepdim=True), out=e)
+    e.exp_()
+    return e.div_(e.sum(1, keepdim=True))
+
+
 def _dense_forward_backward(weights: list[torch.Tensor], biases: list[torch.Tensor], a: torch.Tensor,
                             labels: torch.Tensor, need_input_grad: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Gradients of the mean cross-entropy of a [Linear, ReLU, ..., Linear] network for T tasks.
 
-    ``weights[l]`` (T, out, in), ``biases[l]`` (T, 1, out), ``a`` the inputs (T, B, in),
-    ``labels`` (T, B, 1). Returns [dW_0, db_0, dW_1, ...] (each (T, ...)) and, if asked, the
-    gradient with respect to ``a``.
+    Activations are columns: ``a`` (T, in, B) holds each task's B inputs as columns, so the
+    softmax and the reductions over classes run across the batch, which torch vectorises (over
+    a last axis of a few classes, torch's softmax costs about 0.7 microseconds per row). ``weights[l]``
+    (T, out, in), ``biases[l]`` (T, out, 1), ``labels`` (T, 1, B). Returns [dW_0, db_0, dW_1,
+    ...] (each (T, ...)) and, if asked, the gradient with respect to ``a``.
     """
     acts = [a]
     last = len(weights) - 1
     for l_, (w, b) in enumerate(zip(weights, biases)):
-        z = torch.baddbmm(b, a, w.transpose(1, 2))
+        z = torch.baddbmm(b, w, a)
         if l_ < last:
             a = z.relu_()
             acts.append(a)
-    d = torch.softmax(z, dim=2)
-    d.scatter_add_(2, labels, torch.full(labels.shape, -1.0, dtype=d.dtype, device=d.device))
-    d.div_(labels.shape[1])
+    d = _softmax_columns(z)
+    d.scatter_add_(1, labels, torch.full(labels.shape, -1.0, dtype=d.dtype, device=d.device))
+    d.div_(labels.shape[2])
     grads: list[torch.Tensor] = []
     for l_ in range(last, -1, -1):
-        grads[:0] = [torch.bmm(d.transpose(1, 2), acts[l_]), d.sum(1)]
+        grads[:0] = [torch.bmm(d, acts[l_].transpose(1, 2)), d.sum(2)]
         if l_ > 0 or need_input_grad:
-            d = torch.bmm(d, weights[l_])
+            d = torch.bmm(weights[l_].transpose(1, 2), d)
             if l_ > 0:
                 d.mul_(acts[l_] > 0)
     return grads, d if need_input_grad else None
@@ -123,11 +139,11 @@ class DenseKernel:
     def __call__(self, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         T, B = idx.shape
         rows = idx.reshape(-1)
-        a = self.x.index_select(0, rows).view(T, B, -1).to(W.dtype)
-        labels = self.y.index_select(0, rows).view(T, B, 1)
+        a = self.x.index_select(0, rows).view(T, B, -1).to(W.dtype).transpose(1, 2)
+        labels = self.y.index_select(0, rows).view(T, 1, B)
         lay = self.layout
         weights = [lay.view(W, 2 * k) for k in range(self.layers)]
-        biases = [lay.view(W, 2 * k + 1).unsqueeze(1) for k in range(self.layers)]
+        biases = [lay.view(W, 2 * k + 1).unsqueeze(2) for k in range(self.layers)]
         grads, _ = _dense_forward_backward(weights, biases, a, labels, need_input_grad=False)
         return torch.cat([g.reshape(T, -1) for g in grads], dim=1)
 
@@ -186,13 +202,13 @@ class ConvKernel:
             saved.append((a, w, r, where))
             a = pooled
         shape = a.shape
-        feats = a.view(B, T, -1).transpose(0, 1)
+        feats = a.view(B, T, -1).permute(1, 2, 0)
         first = 2 * len(self.convs)
         weights = [lay.view(W, first + 2 * k) for k in range(self.dense)]
-        biases = [lay.view(W, first + 2 * k + 1).unsqueeze(1) for k in range(self.dense)]
-        labels = self.y.index_select(0, rows).view(T, B, 1)
+        biases = [lay.view(W, first + 2 * k + 1).unsqueeze(2) for k in range(self.dense)]
+        labels = self.y.index_select(0, rows).view(T, 1, B)
         head, d = _dense_forward_backward(weights, biases, feats, labels, need_input_grad=True)
-        d = d.transpose(0, 1).reshape(shape)
+        d = d.permute(2, 0, 1).reshape(shape)
         body: list[torch.Tensor] = []
         for k in range(len(self.convs) - 1, -1, -1):
             conv, pool = self.convs[k], self.pools[k]

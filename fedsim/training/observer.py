@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedsim.engine import Engine, Task
@@ -43,7 +44,7 @@ class Work:
 
     version: Version | None
     step: int
-    batches: torch.Tensor
+    batches: np.ndarray
     seq: int
     result: Any
 

@@ -86,7 +86,7 @@ def build_workload(scenario: Scenario, dtype: torch.dtype = torch.float32) -> Wo
         module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes)
     flat = FlatModel(module, device, dtype=dtype)
     w0 = flat.flatten()
-    sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], seeds["batches"], device)
+    sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], seeds["batches"])
     trainer = LocalTrainer(flat, x_train, y_train)
     evaluator = Evaluator(flat, x_train, y_train, client_of, torch.from_numpy(sizes).to(device), x_test, y_test)
     torch_seed = int(seeds["torch"].generate_state(1, np.uint64)[0] >> np.uint64(1))
