@@ -111,8 +111,8 @@ def _dense_forward_backward(weights: list[torch.Tensor], biases: list[torch.Tens
         grads[:0] = [torch.bmm(d, acts[l_].transpose(1, 2)), d.sum(2)]
         if l_ > 0 or need_input_grad:
             d = torch.bmm(weights[l_].transpose(1, 2), d)
-            if l_ > 0:
-                d.mul_(acts[l_] > 0)
+            if l_ > 0:  # relu's backward: d where its output > 0, else 0
+                d = torch.ops.aten.threshold_backward(d, acts[l_], 0)
     return grads, d if need_input_grad else None
 
 
