@@ -39,14 +39,15 @@ from fedsim.training.models import MODELS
 
 WINDOW_MEMORY = 512 * 2**20  # bytes a window's call may take; larger windows are computed in chunks
 
-# Smallest expected window at which the kernel beats autograd task by task, per device type
-# (measured on the CPU with benchmarks/bench_training.py and the per-call costs in
-# docs/training.md; on CUDA, where small steps cost a kernel launch per operation, every
-# window is expected to pay: not measured).
+# Smallest expected window (kernels.expected_window) from which the kernel beats autograd task
+# by task, per device type. CPU: measured (docs/training.md, "Batched client work"); vmap costs
+# about 2 ms of host time per call against about 0.4 ms per autograd step, so it pays from real
+# windows of about 5, which the estimate puts at about 8. CUDA: reasoning, not measured (small
+# steps cost a kernel launch per operation, which batching removes).
 BREAK_EVEN: dict[str, dict[str, float]] = {
     "dense": {"cpu": 1.0, "cuda": 1.0},       # faster than autograd even for one task
     "cnn": {"cpu": math.inf, "cuda": 1.0},    # CPU convolutions are bound by arithmetic
-    "vmap": {"cpu": 5.0, "cuda": 2.0},        # about 2 ms of host overhead per call on the CPU
+    "vmap": {"cpu": 8.0, "cuda": 2.0},
 }
 
 
