@@ -17,7 +17,7 @@ evaluation (setup excluded); the plain loop includes the same final evaluation. 
 updates per second (median over repeats), the medians of the per-repeat ratios, and the
 mean window (tasks per batched call). Target: batched >= 3x the plain loop at C = 50, both models.
 
-    python benchmarks/bench_training.py [--updates 10000] [--repeats 3] [--device cpu]
+    python benchmarks/bench_training.py [--updates 6000] [--repeats 5] [--device cpu]
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--updates", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=6_000)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     n = args.updates
