@@ -150,7 +150,8 @@ class BatchLog:
         session.observer.on_complete = complete
 
 
-@pytest.mark.parametrize("change", [{"concurrency": 2}, {"rates": (0.8, 3.0)}, {"weight": 0.25}, {"routing": "uniform"}])
+@pytest.mark.parametrize("change", [{"concurrency": 2}, {"rates": (0.8, 3.0)}, {"weight": 0.25},
+                                    {"routing": "uniform"}])
 def test_a_client_k_th_batch_does_not_depend_on_routing_concurrency_or_service_laws(change):
     algorithm = {"name": "generalized_async_sgd", "batch_size": 7}
     logs = []

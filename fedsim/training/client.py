@@ -77,7 +77,8 @@ class BatchSampler:
         how many epochs a refill draws."""
         size, rng = self.sizes[client], self.generator(client)
         missing = max(end, start + REFILL_BATCHES * self.batch_size) - self.lengths[client]
-        epochs = np.tile(np.arange(self.offsets[client], self.offsets[client] + size), (max(1, math.ceil(missing / size)), 1))
+        first = self.offsets[client]
+        epochs = np.tile(np.arange(first, first + size), (max(1, math.ceil(missing / size)), 1))
         stream = np.concatenate([self.streams[client][start:], rng.permuted(epochs, axis=1).reshape(-1)])
         self.streams[client] = stream
         self.lengths[client] = len(stream)

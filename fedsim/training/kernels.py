@@ -9,8 +9,9 @@ gives for that task alone.
 - :class:`DenseKernel` (the built-in ``logistic`` and ``mlp``): forward and backward written
   out with batched matrix products, activations as columns. Per layer z = W a + b
   (``baddbmm``), a' = relu(z); at the output dL/dz = (softmax(z) - onehot(y)) / B; backward
-  dW = dz a^T, db = sum_b dz, da = (W^T dz) masked by a > 0. That is 8 + 5 (L - 1) tensor operations for the T tasks of an
-  L-layer network, where autograd spends about 23 per task for one layer.
+  dW = dz a^T, db = sum_b dz, da = (W^T dz) masked by a > 0. That is about 15 + 6 (L - 1)
+  tensor operations for the T tasks of an L-layer network, where autograd and an optimizer
+  step spend about 23 per task for one layer.
 - :class:`ConvKernel` (the built-in ``cnn``): activations of the T tasks side by side along
   the channels; on CUDA the tasks' convolutions run as one grouped convolution
   (``groups = T``), on the CPU one per task (a grouped convolution rounds differently from a
@@ -26,15 +27,15 @@ Exactness. In the built-in kernels every task's products are GEMMs (and, on the 
 convolutions) of the same shapes whatever T (torch's CPU ``bmm`` runs one GEMM per task),
 reductions run along the same axis, elementwise operations are unfused, and ``exp`` runs row
 by row (:func:`_softmax_columns`), so on the CPU row t of ``G`` does not depend on T or on the
-other rows, bit for bit (tested in float32 and float64). On CUDA, cuBLAS and cuDNN may pick other algorithms for another T, which can change
-the roundings (not measured). ``vmap`` turns convolutions into grouped ones, so the vmap kernel
-is bit-exact across T for dense layers only.
+other rows, bit for bit (tested in float32 and float64). On CUDA, cuBLAS and cuDNN may pick
+other algorithms for another T, which can change the roundings (not measured). ``vmap``
+turns convolutions into grouped ones, so the vmap kernel is bit-exact across T for dense
+layers only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,9 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.training.flat import FlatModel
-
-Grad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def _dense_layers(modules: list[nn.Module]) -> list[nn.Linear] | None:
     """The Linear layers of [Linear, ReLU, Linear, ..., Linear] (all with bias), else None."""
@@ -87,14 +85,15 @@ def _softmax_columns(z: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_forward_backward(weights: list[torch.Tensor], biases: list[torch.Tensor], a: torch.Tensor,
-                            labels: torch.Tensor, need_input_grad: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+                            labels: torch.Tensor, need_input_grad: bool
+                            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Gradients of the mean cross-entropy of a [Linear, ReLU, ..., Linear] network for T tasks.
 
     Activations are columns: ``a`` (T, in, B) holds each task's B inputs as columns, so the
     softmax and the reductions over classes run across the batch, which torch vectorises (over
-    a last axis of a few classes, torch's softmax costs about 0.7 microseconds per row). ``weights[l]``
-    (T, out, in), ``biases[l]`` (T, out, 1), ``labels`` (T, 1, B). Returns [dW_0, db_0, dW_1,
-    ...] (each (T, ...)) and, if asked, the gradient with respect to ``a``.
+    a last axis of a few classes, torch's softmax costs about 0.7 microseconds per row).
+    ``weights[l]`` (T, out, in), ``biases[l]`` (T, out, 1), ``labels`` (T, 1, B). Returns
+    [dW_0, db_0, dW_1, ...] (each (T, ...)) and, if asked, the gradient with respect to ``a``.
     """
     acts = [a]
     last = len(weights) - 1

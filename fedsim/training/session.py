@@ -133,7 +133,9 @@ class TrainingSession:
     def mean_window(self) -> float | None:
         """Mean number of tasks whose work was computed in one call (None before any)."""
         if self.rounds is not None:
-            return float(self.rounds.m) if self.rounds.result.rounds else None
+            if not self.rounds.result.rounds:
+                return None
+            return float(self.rounds.m) if self.choice.batched else 1.0
         obs = self.observer
         return obs.window_tasks / obs.windows if obs is not None and obs.windows else None
 

@@ -2,7 +2,8 @@
 
 Randomness: the scenario's ``training`` stream is split with ``SeedSequence.spawn`` into
 ``data`` (synthetic generation), ``partition``, ``init`` (model initialisation), ``batches``
-(the clients' mini-batches: child i of it is client i's stream) and ``torch`` (the global torch generator, for stochastic layers).
+(the clients' mini-batches: child i of it is client i's stream) and ``torch`` (the global
+torch generator, for stochastic layers).
 None of them touches the ``service`` and ``routing`` streams, so the queueing sample path is
 the same with and without training.
 """
