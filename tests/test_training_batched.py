@@ -5,6 +5,7 @@ what ``training.batched`` resolves to, and resuming a batched run."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -115,6 +116,23 @@ def test_batched_path_equals_the_same_kernel_task_by_task(algorithm, dtype):
         autograd = train(scenario_doc(algorithm, model=model, batched=False), dtype)
         assert not torch.equal(autograd.w, batched.w)
         torch.testing.assert_close(autograd.w, batched.w, rtol=1e-4, atol=1e-5)
+
+
+def test_a_factory_model_is_batched_by_vmap_with_the_same_bits_as_alone(tmp_path, monkeypatch):
+    (tmp_path / "batched_nets.py").write_text(
+        "import torch\n"
+        "def net(input_shape, classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(input_shape[0], 5), torch.nn.Tanh(),\n"
+        "                               torch.nn.Linear(5, classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "batched_nets", raising=False)
+    doc = scenario_doc({"name": "fedbuff", "buffer_size": 2}, model="batched_nets:net", updates=120)
+    batched, alone = train(doc), train(doc, max_window=1)
+    doc["training"]["batched"] = False
+    autograd = train(doc)
+    assert batched.choice.kernel == "vmap" and batched.mean_window > 1.5
+    assert torch.equal(batched.w, alone.w)
+    torch.testing.assert_close(batched.w, autograd.w, rtol=1e-4, atol=1e-5)
 
 
 def test_local_steps_of_the_batched_path_are_the_sequential_local_steps():
