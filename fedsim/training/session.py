@@ -13,7 +13,7 @@ Run folder additions: ``training.csv`` and ``training.png`` (see :mod:`fedsim.tr
 ``final_test_loss``, ``evaluations``, ``model_parameters``, ``max_alive_versions``,
 ``resumed_from_update``, and how the clients' work was computed: ``batched`` (true or false),
 ``client_kernel`` (``autograd``, ``dense``, ``cnn`` or ``vmap``), ``batched_reason`` (why a run
-that could have been batched was not; null otherwise) and ``mean_window`` (tasks per call).
+that could have been batched was not; null otherwise) and ``mean_window`` (tasks per window).
 
 When a session starts it sets torch's number of CPU threads (``training.threads``) and seeds
 torch's global generator from the training stream (which only matters for models with
@@ -131,7 +131,7 @@ class TrainingSession:
 
     @property
     def mean_window(self) -> float | None:
-        """Mean number of tasks whose work was computed in one call (None before any)."""
+        """Mean number of tasks whose work was computed together, per window (None before any)."""
         if self.rounds is not None:
             if not self.rounds.result.rounds:
                 return None
