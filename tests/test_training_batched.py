@@ -220,7 +220,7 @@ class Noisy(torch.nn.Module):
 
 def test_batched_choice_follows_the_model_the_device_and_the_window():
     assert (choose("logistic", window=1.0).kernel, choose("mlp").kernel) == ("dense", "dense")  # pays even alone
-    assert choose("mlp", batched=False) .kernel == "autograd"
+    assert choose("mlp", batched=False).kernel == "autograd"
     cnn = choose("cnn")  # CPU convolutions are bound by arithmetic: auto keeps them sequential
     assert cnn.kernel == "autograd" and "break-even inf on cpu" in cnn.reason
     assert choose("cnn", batched=True).kernel == "cnn"
