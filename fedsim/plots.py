@@ -2,8 +2,10 @@
 
 Figures are ``matplotlib.figure.Figure`` objects built without pyplot, so they need no GUI
 backend and leave the user's matplotlib alone (no ``matplotlib.use``, no pyplot figure
-manager). The seaborn look is applied only inside :func:`figure_style`, a context that
-restores every rc setting on exit; build and save fedsim's figures inside it.
+manager, nothing shown in a notebook). They use seaborn's look (white grid, notebook sizes,
+the "deep" palette) through the style sheets matplotlib ships, applied only inside
+:func:`figure_style` (a context that restores every rc setting on exit), so writing a figure
+imports neither seaborn nor scipy.stats.
 """
 
 from __future__ import annotations
@@ -12,22 +14,28 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import matplotlib
+import matplotlib.style
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-notebook", "seaborn-v0_8-deep")
+
 
 @contextmanager
 def figure_style() -> Iterator[None]:
-    """seaborn's ``whitegrid`` style and ``notebook`` context, for the duration of the block
-    (and no warning for a character of a user's group name that the font lacks)."""
-    import matplotlib
-    import seaborn as sns
-
-    with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("notebook"), \
-            warnings.catch_warnings():
+    """fedsim's figure style for the duration of the block (and no warning for a character of
+    a user's group name that the font lacks)."""
+    with matplotlib.style.context(STYLE), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
         yield
+
+
+def palette(k: int) -> list[str]:
+    """The first ``k`` colours of the current colour cycle (repeated if needed)."""
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [colors[i % len(colors)] for i in range(k)]
 
 
 def staleness_figure(clients: pd.DataFrame, title: str) -> Figure:
@@ -37,14 +45,17 @@ def staleness_figure(clients: pd.DataFrame, title: str) -> Figure:
     Right: per client, the simulated mean with its CI and the analytical value, by group.
     ``clients`` is the clients.csv table.
     """
-    import seaborn as sns
+    with figure_style():
+        return _staleness_figure(clients, title)
 
+
+def _staleness_figure(clients: pd.DataFrame, title: str) -> Figure:
     fig = Figure(figsize=(13, 5.2))
     ax_xy, ax_cl = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
-    palette = dict(zip(clients["group"].unique(), sns.color_palette("deep", clients["group"].nunique())))
+    colors = dict(zip(clients["group"].unique(), palette(clients["group"].nunique())))
     ci = clients["staleness_ci"].fillna(0.0)
     for group, part in clients.groupby("group", sort=False):
-        color = palette[group]
+        color = colors[group]
         ax_xy.errorbar(part["staleness_analytic"], part["staleness_sim"], yerr=ci[part.index], fmt="o", ms=4,
                        color=color, ecolor=color, alpha=0.8, capsize=2, label=group)
         ax_cl.errorbar(part["client"], part["staleness_sim"], yerr=ci[part.index], fmt="o", ms=3, color=color,
@@ -85,6 +96,11 @@ def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> Fig
     :func:`fedsim.report.time_breakdown_table`, ``summary`` the server and energy keys of
     summary.json.
     """
+    with figure_style():
+        return _time_breakdown_figure(table, summary, title)
+
+
+def _time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> Figure:
     groups = list(dict.fromkeys(table["group"]))
     fig = Figure(figsize=(14, 0.8 * len(groups) + 4.2))
     ax_t, ax_e = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})

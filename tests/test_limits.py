@@ -209,7 +209,7 @@ def test_a_crafted_checkpoint_runs_nothing(write_yaml, tmp_path, capsys):
     marker = tmp_path / "pwned"
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    torch.save({"format": 2, "scenario": "x", "state": {"w": Payload(marker)}}, folder / "checkpoint.pt")
+    torch.save({"format": 3, "scenario": "x", "state": {"w": Payload(marker)}}, folder / "checkpoint.pt")
     path = write_yaml(BASE | {"training": TRAINING})
     refused(path, tmp_path, capsys, "--resume: cannot read", "as a fedsim checkpoint", extra=("--resume", str(folder)))
     assert not marker.exists()

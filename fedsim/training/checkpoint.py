@@ -26,7 +26,7 @@ from fedsim.errors import ScenarioError
 from fedsim.inputs import check_regular_file
 
 FILENAME = "checkpoint.pt"
-FORMAT = 2
+FORMAT = 3
 MAX_BYTES = 16 << 30
 """Largest checkpoint read (16 GiB)."""
 _ARRAY = "__ndarray__"

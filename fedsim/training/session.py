@@ -9,12 +9,14 @@ With ``curve`` the rows of ``training.csv`` are also appended to that file as th
 run that stops keeps its curve so far); with ``checkpoint`` and ``checkpoint_every`` a
 checkpoint is written there every N updates.
 
-What the run folder gains: ``training.csv`` and ``training.png`` (see
-:mod:`fedsim.training.record`); ``model.pt``, the final global model as a ``state_dict`` of
-the model; ``checkpoint.pt`` with ``--checkpoint-every``; a ``data_size`` column in
-``clients.csv``; in ``summary.json``: ``final_accuracy``, ``best_accuracy``,
-``best_accuracy_update``, ``final_train_loss``, ``final_test_loss``, ``evaluations``,
-``model_parameters``, ``max_alive_versions`` and ``resumed_from_update``.
+Run folder additions: ``training.csv`` and ``training.png`` (see :mod:`fedsim.training.record`);
+``model.pt``, the final global model as a ``state_dict`` of the model; ``checkpoint.pt`` with
+``--checkpoint-every``; a ``data_size`` column in ``clients.csv``; in ``summary.json``:
+``final_accuracy``, ``best_accuracy``, ``best_accuracy_update``, ``final_train_loss``,
+``final_test_loss``, ``evaluations``, ``model_parameters``, ``max_alive_versions``,
+``resumed_from_update``, and how the clients' work was computed: ``batched`` (true or false),
+``client_kernel`` (``autograd``, ``dense``, ``cnn`` or ``vmap``), ``batched_reason`` (why a run
+that could have been batched was not; null otherwise) and ``mean_window`` (tasks per window).
 
 When a session starts it sets torch's number of CPU threads (``training.threads``) and seeds
 torch's global generator from the training stream (which only matters for models with
@@ -24,6 +26,7 @@ stochastic layers, such as dropout): both are process-wide settings, which
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,10 @@ import torch
 from fedsim import __version__
 from fedsim.scenario import Scenario
 from fedsim.training.algorithms import ALGORITHMS, Context
+from fedsim.training.batching import choose_clients
 from fedsim.training.checkpoint import load_checkpoint, save_checkpoint
 from fedsim.training.fedavg import Rounds, RoundsResult
+from fedsim.training.kernels import expected_window
 from fedsim.training.observer import TrainingObserver
 from fedsim.training.record import Monitor, TrainingRecord
 from fedsim.training.versions import ModelVersions
@@ -48,44 +53,43 @@ class TrainingSession:
     ``workload``: the built workload (default: built here); ``curve``: a file the rows of
     training.csv are appended to as they come; ``checkpoint``: the checkpoint file, replaced
     every ``checkpoint_every`` updates; ``resume``: a run folder whose checkpoint the run
-    continues from.
+    continues from; ``dtype`` float64 trains in double precision (a reference for numerical
+    checks; for a workload built here).
     """
 
     def __init__(self, scenario: Scenario, *, workload: Workload | None = None, curve: Path | None = None,
                  checkpoint: Path | None = None, checkpoint_every: int | None = None,
-                 resume: Path | None = None) -> None:
+                 resume: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
         cfg = scenario.training
         self.scenario = scenario
         state = load_checkpoint(resume, scenario) if resume is not None else None
         self.resumed_from = state["updates"] if state is not None else None
         torch.set_num_threads(cfg.threads)
-        self.workload = wl = workload if workload is not None else build_workload(scenario)
+        self.workload = wl = workload if workload is not None else build_workload(scenario, dtype)
         torch.manual_seed(wl.torch_seed)
         self.record = TrainingRecord(curve, state["rows"] if state is not None else None)
         self.model = model = ModelVersions(wl.w0.clone(), wl.flat.views)
         self.monitor = Monitor(lambda: wl.evaluator(model.w), self.record, cfg.eval_every)
-        self.rule = ALGORITHMS[cfg.algorithm.name](cfg.algorithm.kwargs,
-                                                   Context(model, wl.trainer, scenario.p, wl.sizes))
-        self.checkpoints = 0
+        self.rule = rule = ALGORITHMS[cfg.algorithm.name](cfg.algorithm.kwargs, Context(model, scenario.p, wl.sizes))
+        window = rule.params["clients_per_round"] if rule.synchronous else expected_window(scenario.concurrency)
+        self.choice = choose_clients(cfg, wl.trainer, wl.w0, window)
         save = None
         if checkpoint_every is not None:
             if checkpoint is None:
                 raise ValueError("checkpoint_every needs a checkpoint file")
-
-            def save(st: dict[str, Any]) -> None:
-                save_checkpoint(checkpoint, scenario, st)
-                self.checkpoints += 1
-
+            save = partial(save_checkpoint, checkpoint, scenario)
         self.observer: TrainingObserver | None = None
         self.rounds: Rounds | None = None
         if self.rule.synchronous:
-            self.rounds = Rounds(scenario, wl, self.rule, self.monitor, checkpoint_every=checkpoint_every, save=save)
+            self.rounds = Rounds(scenario, wl, rule, self.choice.clients, self.monitor,
+                                 checkpoint_every=checkpoint_every, save=save)
             if state is not None:
                 self.rounds.load_state_dict(state)
             else:
                 self.rounds.start()
         else:
-            self.observer = TrainingObserver(wl, self.rule, self.monitor, checkpoint_every=checkpoint_every, save=save)
+            self.observer = TrainingObserver(wl, rule, self.choice.clients, self.monitor,
+                                             checkpoint_every=checkpoint_every, save=save)
             if state is not None:
                 self.observer.resume_from(state)
             else:
@@ -111,6 +115,10 @@ class TrainingSession:
             "model_parameters": self.workload.flat.size,
             "max_alive_versions": None if self.synchronous else self.model.max_alive,
             "resumed_from_update": self.resumed_from,
+            "batched": self.choice.batched,
+            "client_kernel": self.choice.kernel,
+            "batched_reason": self.choice.reason,
+            "mean_window": self.mean_window,
         }
 
     def curve(self) -> pd.DataFrame:
@@ -120,6 +128,16 @@ class TrainingSession:
     def model_state(self) -> dict[str, torch.Tensor]:
         """The global model as the module's ``state_dict`` (CPU tensors): model.pt."""
         return self.workload.flat.state_dict(self.w)
+
+    @property
+    def mean_window(self) -> float | None:
+        """Mean number of tasks whose work was computed together, per window (None before any)."""
+        if self.rounds is not None:
+            if not self.rounds.result.rounds:
+                return None
+            return float(self.rounds.m) if self.choice.batched else 1.0
+        obs = self.observer
+        return obs.window_tasks / obs.windows if obs is not None and obs.windows else None
 
     # -----------------------------------------------------------------------------------
     # FedAvg
