@@ -38,7 +38,7 @@ al. 2005; Tafazzoli & Wilson 2011): the batch size doubles until the test passes
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtri, stdtrit  # quantiles without importing scipy.stats (slow to import)
 
 MSER_MIN_TAIL = 10  # MSER(d) is evaluated while at least this many batch means remain
 # upper quantiles of the Cramer-von Mises statistic of a Brownian bridge (Anderson & Darling 1952)
@@ -119,7 +119,7 @@ def von_neumann_z(sq_dev: np.ndarray, sq_diff: np.ndarray, k: int) -> np.ndarray
 def von_neumann_critical(level: float, series: int) -> float:
     """One-sided critical value of the standardised statistic: Bonferroni over ``series`` tests,
     so that all pass together with probability at least ``1 - level`` under independence."""
-    return float(stats.norm.ppf(1.0 - level / max(series, 1)))
+    return float(ndtri(1.0 - level / max(series, 1)))
 
 
 def ratio_ci(y: np.ndarray, x: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -138,4 +138,4 @@ def ratio_ci(y: np.ndarray, x: np.ndarray, level: float) -> tuple[np.ndarray, np
             return r, np.full_like(r, np.nan, dtype=float)
         resid = y - r * x
         se = np.sqrt((resid**2).sum(axis=0) / (k * (k - 1))) / (sx / k)
-    return r, stats.t.ppf(0.5 + level / 2, k - 1) * se
+    return r, stdtrit(k - 1, 0.5 + level / 2) * se

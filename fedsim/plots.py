@@ -1,20 +1,61 @@
-"""Figures written into run folders (seaborn on a non-interactive backend)."""
+"""Figures written into run folders.
+
+Figures are ``matplotlib.figure.Figure`` objects built without pyplot, so they need no GUI
+backend and leave the user's matplotlib alone (no ``matplotlib.use``, no pyplot figure
+manager, nothing shown in a notebook). They use seaborn's look (white grid, notebook sizes,
+the "deep" palette) through the style sheets matplotlib ships, applied only inside
+:func:`figure_style` (a context that restores every rc setting on exit), so writing a figure
+imports neither seaborn nor scipy.stats.
+"""
 
 from __future__ import annotations
 
 import textwrap
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import matplotlib
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
+STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-notebook", "seaborn-v0_8-deep")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+
+@contextmanager
+def figure_style() -> Iterator[None]:
+    """fedsim's figure style for the duration of the block (and no warning for a character of
+    a user's group name that the font lacks)."""
+    with matplotlib.style.context(STYLE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        yield
+
+
+def palette(k: int) -> list[str]:
+    """The first ``k`` colours of the current colour cycle (repeated if needed)."""
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [colors[i % len(colors)] for i in range(k)]
+
 
 PER_CLIENT_LIMIT = 200  # above this many clients the right panel summarises per group
 LOG_SPAN = 30.0  # log axes when the positive values span more than this factor
+
+
+def staleness_figure(clients: pd.DataFrame, title: str, warning: str | None = None) -> Figure:
+    """Simulated mean staleness per client (with CI bars) against the analytical value.
+
+    Left: simulated vs analytical, one point per client, with the line y = x (log-log when the
+    values span more than a factor LOG_SPAN; bars only up to PER_CLIENT_LIMIT clients).
+    Right: up to that many clients, every client's simulated mean with its CI and the
+    analytical value, by group; beyond, the relative errors (sim - analytical) / analytical of
+    each group's clients as a box plot, with the group's median relative CI half-width as a
+    band around zero. Intervals never extend below zero. ``warning`` (why the intervals are
+    not to be trusted) is printed in red across the top. ``clients`` is the clients.csv table.
+    """
+    with figure_style():
+        return _staleness_figure(clients, title, warning)
 
 
 def _interval(mean: pd.Series, half_width: pd.Series) -> np.ndarray:
@@ -24,31 +65,20 @@ def _interval(mean: pd.Series, half_width: pd.Series) -> np.ndarray:
     return np.vstack([np.minimum(hw, np.maximum(mean.to_numpy(), 0.0)), hw])
 
 
-def _log_scale(values: np.ndarray) -> bool:
-    positive = values[np.isfinite(values) & (values > 0)]
-    return len(positive) > 1 and positive.max() / positive.min() > LOG_SPAN
+def _positive(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values) & (values > 0)]
 
 
-def staleness_figure(clients: pd.DataFrame, title: str, warning: str | None = None) -> plt.Figure:
-    """Simulated mean staleness per client (with CI bars) against the analytical value.
-
-    Left: simulated vs analytical, one point per client, with the line y = x (log-log when the
-    values span decades; bars only up to PER_CLIENT_LIMIT clients). Right: up to that many
-    clients, every client's simulated mean with its CI and the analytical value, by group;
-    beyond, the relative errors (sim - analytical) / analytical of each group's clients as a
-    box plot, with the group's median relative CI half-width as a band around zero.
-    Intervals never extend below zero. ``warning`` (why the intervals are not to be trusted)
-    is printed in red across the top. ``clients`` is the clients.csv table.
-    """
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, (ax_xy, ax_cl) = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [1, 1.6]})
-    groups = list(clients["group"].unique())
-    palette = dict(zip(groups, sns.color_palette("deep", len(groups))))
+def _staleness_figure(clients: pd.DataFrame, title: str, warning: str | None) -> Figure:
+    fig = Figure(figsize=(13, 5.6))
+    ax_xy, ax_cl = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+    colors = dict(zip(clients["group"].unique(), palette(clients["group"].nunique())))
     few = len(clients) <= PER_CLIENT_LIMIT
     values = clients[["staleness_analytic", "staleness_sim"]].to_numpy(dtype=float)
-    log = _log_scale(values.ravel())
+    positive = _positive(values.ravel())
+    log = len(positive) > 1 and positive.max() / positive.min() > LOG_SPAN
     for group, part in clients.groupby("group", sort=False):
-        color = palette[group]
+        color = colors[group]
         if few:
             ax_xy.errorbar(part["staleness_analytic"], part["staleness_sim"],
                            yerr=_interval(part["staleness_sim"], part["staleness_ci"]), fmt="o", ms=4, color=color,
@@ -58,19 +88,19 @@ def staleness_figure(clients: pd.DataFrame, title: str, warning: str | None = No
                           rasterized=True, label=group)
     finite = values[np.isfinite(values).all(axis=1)]
     if log:
-        positive = finite[(finite > 0).all(axis=1)]
         bottom, top = positive.min() / 1.5, positive.max() * 1.5
         ax_xy.set(xscale="log", yscale="log")
     else:
-        bottom, top = 0.0, (float(finite.max()) * 1.05 if len(finite) else 1.0) or 1.0
+        bottom, top = 0.0, (float(finite.max()) * 1.05 if len(finite) else 1.0)
+        top = top if top > 0 else 1.0
     ax_xy.plot([bottom, top], [bottom, top], color="grey", lw=1, ls="--", label="y = x")
     ax_xy.set(xlim=(bottom, top), ylim=(bottom, top), xlabel="analytical mean staleness E[τ_i] (updates)",
               ylabel="simulated mean staleness (updates)", title="simulated vs analytical, one point per client")
-    ax_xy.legend(title="group", fontsize=8)
+    ax_xy.legend(title="group", fontsize=8, loc="upper left")  # a fixed place: "best" is slow for many clients
     if few:
-        _per_client_panel(ax_cl, clients, palette, log)
+        _per_client_panel(ax_cl, clients, colors, positive.min() / 3 if log else None)
     else:
-        _relative_error_panel(ax_cl, clients, palette)
+        _relative_error_panel(ax_cl, clients, colors)
     lines = 0
     if warning:
         text = textwrap.fill(f"NOT TO BE TRUSTED: {warning}", 140)
@@ -79,40 +109,118 @@ def staleness_figure(clients: pd.DataFrame, title: str, warning: str | None = No
         for ax in (ax_xy, ax_cl):
             for spine in ax.spines.values():
                 spine.set(color="#b00000", linewidth=2)
-    top = 1.0 - 0.035 * lines
-    fig.suptitle(title, y=top - 0.005, va="top")
-    fig.tight_layout(rect=(0, 0, 1, top))
+    top_margin = 1.0 - 0.035 * lines
+    fig.suptitle(title, y=top_margin - 0.005, va="top")
+    fig.tight_layout(rect=(0, 0, 1, top_margin))
     return fig
 
 
-def _per_client_panel(ax: plt.Axes, clients: pd.DataFrame, palette: dict, log: bool) -> None:
+def _per_client_panel(ax, clients: pd.DataFrame, colors: dict, log_bottom: float | None) -> None:
     for group, part in clients.groupby("group", sort=False):
         ax.errorbar(part["client"], part["staleness_sim"], yerr=_interval(part["staleness_sim"], part["staleness_ci"]),
-                    fmt="o", ms=3, color=palette[group], alpha=0.85, capsize=1.5, label=f"{group} (simulated)")
+                    fmt="o", ms=3, color=colors[group], alpha=0.85, capsize=1.5, label=f"{group} (simulated)")
         ax.scatter(part["client"], part["staleness_analytic"], marker="_", s=120, color="black", zorder=3)
     ax.scatter([], [], marker="_", s=120, color="black", label="analytical")
-    if log:  # bars that reach zero run off the bottom, which stays near the smallest value
-        values = clients[["staleness_analytic", "staleness_sim"]].to_numpy(dtype=float).ravel()
+    if log_bottom is not None:  # bars that reach zero run off the bottom, kept near the smallest value
         ax.set_yscale("log")
-        ax.set_ylim(bottom=values[np.isfinite(values) & (values > 0)].min() / 3)
+        ax.set_ylim(bottom=log_bottom)
     ax.set(xlabel="client", ylabel="mean staleness (updates)", title="per client (bars: confidence interval)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
 
 
-def _relative_error_panel(ax: plt.Axes, clients: pd.DataFrame, palette: dict) -> None:
+def _relative_error_panel(ax, clients: pd.DataFrame, colors: dict) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
-        rel = pd.DataFrame({"group": clients["group"], "error": clients["staleness_rel_error"],
-                            "half": clients["staleness_ci"] / clients["staleness_analytic"]})
-    rel = rel.replace([np.inf, -np.inf], np.nan)
-    order = list(palette)
-    sns.boxplot(data=rel.dropna(subset=["error"]), x="group", y="error", hue="group", order=order, hue_order=order,
-                palette=palette, fliersize=1.5, legend=False, ax=ax)
-    for k, group in enumerate(order):
-        half = rel.loc[rel["group"] == group, "half"].median()
-        if np.isfinite(half):
-            ax.fill_between([k - 0.45, k + 0.45], -half, half, color="grey", alpha=0.25, lw=0,
+        error = (clients["staleness_rel_error"]).replace([np.inf, -np.inf], np.nan)
+        half = (clients["staleness_ci"] / clients["staleness_analytic"]).replace([np.inf, -np.inf], np.nan)
+    groups = list(colors)
+    data = [error[clients["group"] == g].dropna().to_numpy() for g in groups]
+    boxes = ax.boxplot(data, positions=np.arange(len(groups)), widths=0.6, patch_artist=True,
+                       flierprops={"markersize": 1.5})
+    for patch, group in zip(boxes["boxes"], groups):
+        patch.set_facecolor(colors[group])
+    for k, group in enumerate(groups):
+        h = half[clients["group"] == group].median()
+        if np.isfinite(h):
+            ax.fill_between([k - 0.45, k + 0.45], -h, h, color="grey", alpha=0.25, lw=0,
                             label="median CI half-width (relative)" if k == 0 else None)
     ax.axhline(0.0, color="black", lw=1)
+    ax.set_xticks(np.arange(len(groups)), groups)
     ax.set(xlabel="client group", ylabel="(simulated - analytical) / analytical",
            title=f"relative error per client, {len(clients):,} clients (boxes: quartiles by group)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+BREAKDOWN = (  # (column, label, colour) in the order a task meets them
+    ("downlink_wait", "downlink: waiting", "#9ecae1"), ("downlink_service", "downlink: transfer", "#3182bd"),
+    ("compute_wait", "compute: queueing", "#fdbe85"), ("compute_service", "compute: service", "#e6550d"),
+    ("uplink_wait", "uplink: waiting", "#a1d99b"), ("uplink_service", "uplink: transfer", "#31a354"),
+    ("server_wait", "server: waiting", "#cbc9e2"), ("server_service", "server: service", "#756bb1"),
+)
+
+
+def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> Figure:
+    """Where a task's time and the energy go, per group, simulated next to analytical.
+
+    Left: one pair of stacked bars per group (simulated above, hatched analytical below): the
+    share of a task's mean time from dispatch to update spent waiting and in service at each
+    station of its route, the server included; the mean time itself is written at the end of
+    each bar (shares keep groups of very different speeds readable on one axis). Right: watts
+    drawn by each group's clients and by the server, simulated (with CI bars) next to
+    analytical; the title gives the energy per update. ``table`` is
+    :func:`fedsim.report.time_breakdown_table`, ``summary`` the server and energy keys of
+    summary.json.
+    """
+    with figure_style():
+        return _time_breakdown_figure(table, summary, title)
+
+
+def _time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> Figure:
+    groups = list(dict.fromkeys(table["group"]))
+    fig = Figure(figsize=(14, 0.8 * len(groups) + 4.2))
+    ax_t, ax_e = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
+    scale = table[[col for col, _, _ in BREAKDOWN]].abs().to_numpy().max()
+    # a component is shown where it is more than round-off (an analytical wait of 1e-17, say)
+    shown = [(col, label, colour) for col, label, colour in BREAKDOWN if table[col].abs().max() > 1e-9 * scale]
+    height = 0.38
+    for source, offset, hatch in (("simulated", -height / 2, None), ("analytical", height / 2, "//")):
+        part = table[table["source"] == source].set_index("group").loc[groups]
+        total = part[[col for col, _, _ in shown]].sum(axis=1).to_numpy()
+        left = np.zeros(len(groups))
+        y = np.arange(len(groups)) + offset
+        for col, label, colour in shown:
+            width = 100 * part[col].to_numpy() / total
+            ax_t.barh(y, width, height * 0.95, left=left, color=colour, hatch=hatch, edgecolor="white",
+                      label=label if source == "simulated" else None)
+            left += width
+        for yy, t in zip(y, total):
+            ax_t.text(100.5, yy, f"{t:.4g} ({source[:3]}.)", va="center", fontsize=8)
+    ax_t.set_yticks(np.arange(len(groups)), groups)
+    ax_t.invert_yaxis()
+    ax_t.set(xlim=(0, 100), xlabel="share of the mean time per task, dispatch to update (%); "
+             "at the right: that mean time (time units)",
+             title="where a task's time goes (upper bar simulated, hatched lower bar analytical)")
+    ax_t.title.set_fontsize(10)
+    ax_t.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+
+    sim = table[table["source"] == "simulated"].set_index("group").loc[groups]
+    ana = table[table["source"] == "analytical"].set_index("group").loc[groups]
+    names = groups + ["server"]
+    server_sim = summary["power_sim"] - float(sim["power"].sum())
+    server_ana = summary["power_analytic"] - float(ana["power"].sum())
+    x = np.arange(len(names))
+    ax_e.bar(x - 0.2, np.append(sim["power"], server_sim), 0.4, color="#4c72b0", label="simulated",
+             yerr=np.append(sim["power_ci"].fillna(0.0), 0.0), capsize=3)
+    ax_e.bar(x + 0.2, np.append(ana["power"], server_ana), 0.4, color="#c7c7c7", hatch="//", edgecolor="white",
+             label="analytical")
+    ax_e.set_xticks(x, names, rotation=20)
+    epu_ci = summary["energy_per_update_ci"]
+    ax_e.set(ylabel="power drawn (W = joules per time unit)",
+             title=f"power per group (all its clients) and server\nenergy per update "
+                   f"{summary['energy_per_update_sim']:.4g}"
+                   f"{'' if epu_ci is None or not np.isfinite(epu_ci) else f' ± {epu_ci:.2g}'} J "
+                   f"(analytical {summary['energy_per_update_analytic']:.4g} J)")
+    ax_e.title.set_fontsize(10)
+    ax_e.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

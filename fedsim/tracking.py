@@ -46,9 +46,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit  # the t quantile without importing scipy.stats (slow to import)
 
 from fedsim.engine import CompletionRecords, Engine
 from fedsim.outputanalysis import (MSER_MIN_TAIL, VARIANCE_BATCHES, mser_truncation, ratio_ci, stationary_start,
@@ -302,6 +303,18 @@ class RunStatistics:
         return "; ".join(reasons) or None
 
 
+TRACE_COLUMNS = (("client", np.int32), ("dispatch_update", np.int64), ("apply_update", np.int64),
+                 ("staleness", np.int64), ("dispatch_time", np.float64), ("completion_time", np.float64))
+"""The columns of a trace (trace.parquet), one row per completed task, and their types."""
+
+
+def trace_columns(r: CompletionRecords) -> list[np.ndarray]:
+    """The trace rows of a chunk of completion records, column by column (:data:`TRACE_COLUMNS`)."""
+    apply = r.apply
+    return [r.client.astype(np.int32), r.dispatch_update, apply, apply - r.dispatch_update, r.dispatch_time,
+            r.completion_time]
+
+
 class TraceWriter:
     """Engine observer writing one Parquet row per completed task, a row group per chunk.
 
@@ -314,20 +327,32 @@ class TraceWriter:
         import pyarrow.parquet as pq
 
         self._pa = pa
-        self.schema = pa.schema([
-            ("client", pa.int32()), ("dispatch_update", pa.int64()), ("apply_update", pa.int64()),
-            ("staleness", pa.int64()), ("dispatch_time", pa.float64()), ("completion_time", pa.float64()),
-        ])
+        self.schema = pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in TRACE_COLUMNS])
         self._writer = pq.ParquetWriter(path, self.schema)
 
     def on_records(self, r: CompletionRecords) -> None:
-        apply = r.apply
-        cols = [r.client.astype(np.int32), r.dispatch_update, apply, apply - r.dispatch_update, r.dispatch_time,
-                r.completion_time]
-        self._writer.write_table(self._pa.Table.from_arrays(cols, schema=self.schema))
+        self._writer.write_table(self._pa.Table.from_arrays(trace_columns(r), schema=self.schema))
 
     def on_finish(self, engine: Engine) -> None:
         self._writer.close()
+
+
+class TraceTable:
+    """Engine observer keeping the trace in memory; :meth:`frame` is trace.parquet's table."""
+
+    def __init__(self) -> None:
+        self._chunks: list[list[np.ndarray]] = []
+
+    def on_records(self, r: CompletionRecords) -> None:
+        self._chunks.append(trace_columns(r))
+
+    def frame(self) -> Any:
+        """The trace as a pandas DataFrame."""
+        import pandas as pd
+
+        parts = list(zip(*self._chunks)) if self._chunks else [() for _ in TRACE_COLUMNS]
+        return pd.DataFrame({name: np.concatenate(p).astype(dtype, copy=False) if p else np.zeros(0, dtype)
+                             for (name, dtype), p in zip(TRACE_COLUMNS, parts)})
 
 
 @dataclass(frozen=True)
@@ -704,7 +729,7 @@ class Tracker:
             r = y / x
             e = b.sums[column] - r[b.client] * b.sums[0]
             se = np.sqrt(np.bincount(b.client, weights=e * e, minlength=n) / (k * (k - 1))) / (x / k)
-        return stats.t.ppf(0.5 + self.level / 2, k - 1) * se
+        return stdtrit(k - 1, 0.5 + self.level / 2) * se
 
     def _queue_ci(self, b: _Batches) -> np.ndarray:
         """Half-widths of the time-average queue lengths (time at the client / batch duration)."""
@@ -719,7 +744,7 @@ class Tracker:
         rows = np.bincount(b.client, weights=a * (a - 2.0 * r[b.client] * d[b.batch]), minlength=n)
         sq = np.maximum(rows + r * r * (d * d).sum(), 0.0)
         se = np.sqrt(sq / (k * (k - 1))) / (d.sum() / k)
-        return stats.t.ppf(0.5 + self.level / 2, k - 1) * se
+        return stdtrit(k - 1, 0.5 + self.level / 2) * se
 
     def _quantiles(self, s_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Staleness quantiles per client over the sketch segments from the first one that
