@@ -130,14 +130,12 @@ def test_short_and_transient_runs_are_flagged(replications):
 
 
 # --- ties -----------------------------------------------------------------------------------
-# Specification (issue 11, item 3, engine side): simultaneous completions are ordered
-# uniformly at random from their own stream, and completion times of deterministic and
-# empirical laws lie on an exact grid (so that means of 0.1, 0.2, 0.4, or those perturbed by
-# 1e-7, tie exactly as 0.25, 0.5, 1 do). The exact values come from the Markov chain below.
-# Until the rule lands the engine orders ties by SimPy's scheduling order: the fastest
-# client's staleness is then 0.563 against the exact 0.428, and these tests fail.
-TIE_RULE_PENDING = pytest.mark.xfail(reason="the tie rule (issue 11, item 3) has not landed in fedsim/engine.py",
-                                     strict=True)
+# The tie rule (fedsim/stations.py): simultaneous completions are ordered uniformly at random
+# from their own stream, and completion times of deterministic and empirical laws lie on an
+# exact grid (so that means of 0.1, 0.2, 0.4, or those perturbed by 1e-7, tie exactly as 0.25,
+# 0.5, 1 do). The exact values come from the Markov chain below. Ordering ties by SimPy's
+# scheduling order instead puts the fastest client's staleness at 0.563 against the exact
+# 0.428, which these tests reject.
 TIE_REPLICATIONS = 100
 TIE_UNITS = (1, 2, 4)  # service times in grid steps
 TIE_CONCURRENCY = 4
@@ -217,7 +215,6 @@ def test_grid_chain_satisfies_the_staleness_identity():
         assert np.all(np.diff(tau) > 0)  # slower clients are staler
 
 
-@TIE_RULE_PENDING
 @pytest.mark.parametrize("step", [0.25, 0.1, "0.1 perturbed by 1e-7"])
 def test_deterministic_ties_cover_the_exact_values(step):
     """Clients with deterministic services of 1, 2 and 4 grid steps (exact ties on a dyadic

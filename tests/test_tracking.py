@@ -282,7 +282,7 @@ def test_transient_run_is_flagged_everywhere(tmp_path, write_yaml, capsys):
     ends (throughput 9.4 against 4.55): one warning line, stationary false, the figure marked."""
     path = write_yaml({"name": "short", "seed": 1, "concurrency": 100, "horizon": {"time": 125.0},
                        "clients": HETEROGENEOUS})
-    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0  # --quiet would silence the warning
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: not stationary")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
