@@ -6,8 +6,9 @@ fixes (bytes, approximately; measured on CPython 3.11 / numpy 2, 64-bit):
 - engine: a client costs about 2.9 kB (its SimPy event, queue, service-time stream and
   block of pre-drawn service times), a task in circulation about 100 B;
 - statistics: the tracker's per-(slot, client) sums (:mod:`fedsim.tracking`), 48 B a row,
-  at most min(U, 512 n) + 512 min(C, n) rows (fewer slots past 2^21 rows, down to 128),
-  twice over while they are compacted, and its pending rows (2^18);
+  at most min(U, S n) + S min(C, n) rows for S slots (512, or 16 ``statistics.batches``
+  rounded up to a power of two if more; fewer past 2^21 rows, down to a quarter), twice over
+  while they are compacted, its pending rows (2^18), and 8 B per slot;
 - staleness sketches (:mod:`fedsim.sketch`): client i, with k_i = p_i U updates and mean
   staleness E[tau_i] (product form), holds at most min(k_i, 33 b_i) bucket counts of 16 B,
   b_i the buckets up to its largest staleness, taken as E[tau_i] (1 + ln k_i) (the largest of
@@ -163,13 +164,14 @@ def _updates(scenario: Scenario, throughput: float) -> float:
 
 
 def _tracker_tables(scenario: Scenario, updates: float) -> float:
-    from fedsim.tracking import MAX_SLOTS, MIN_SLOTS, SLOT_ENTRY_BUDGET, KeyedSums
+    from fedsim.tracking import SLOT_ENTRY_BUDGET, KeyedSums, slot_bounds
 
     n, C = scenario.n_clients, scenario.concurrency
-    rows = min(updates, MAX_SLOTS * n) + MAX_SLOTS * min(C, n)
-    if rows > SLOT_ENTRY_BUDGET:  # the slots halve, down to MIN_SLOTS
-        rows = max(SLOT_ENTRY_BUDGET, min(updates, MIN_SLOTS * n) + MIN_SLOTS * min(C, n))
-    return 48.0 * (2 * rows + KeyedSums.MIN_PENDING)
+    most, fewest = slot_bounds(scenario.statistics.batches)
+    rows = min(updates, most * n) + most * min(C, n)
+    if rows > SLOT_ENTRY_BUDGET:  # the slots halve, down to the fewest
+        rows = max(SLOT_ENTRY_BUDGET, min(updates, fewest * n) + fewest * min(C, n))
+    return 48.0 * (2 * rows + KeyedSums.MIN_PENDING) + 8.0 * most  # rows, and the slots' start times
 
 
 def _sketches(scenario: Scenario, updates: float, staleness: np.ndarray) -> float:

@@ -59,9 +59,16 @@ from fedsim.sketch import BUCKETS, bucket_of, sketch_quantiles
 
 FINE_BATCH = 5  # updates per batch mean of MSER-5
 FINE_CAP = 1 << 14  # batch means kept for MSER; beyond, adjacent ones merge
-MAX_SLOTS, MIN_SLOTS = 512, 128  # slots per run: the most, and the fewest the memory budget may leave
+MAX_SLOTS, MIN_SLOTS = 512, 128  # slots per run: the most, and the fewest the memory budget may leave ...
 SLOT_ENTRY_BUDGET = 1 << 21  # (slot, client) rows before the number of slots halves
 TEST_BATCHES = 4  # the independence test needs at least this many times statistics.batches batches
+
+
+def slot_bounds(batches: int) -> tuple[int, int]:
+    """(most, fewest) slots of a run: MAX_SLOTS and MIN_SLOTS, raised (to powers of two) so that
+    a window of a quarter of the slots holds TEST_BATCHES * ``batches`` of them."""
+    fit = 1 << (4 * TEST_BATCHES * batches - 1).bit_length()
+    return max(MAX_SLOTS, fit), max(MIN_SLOTS, fit // 4)
 SKETCH_SEGMENTS = 32  # quantile sketches per client: 32 segments of the horizon's first half, one for the rest ...
 SKETCH_ENTRY_BUDGET = 1 << 21  # ... fewer, longer segments past this many (segment, client, bucket) counts
 TEST_LEVEL = 0.10  # family level of the independence test of the batch means
@@ -394,7 +401,7 @@ class Tracker:
         self.detect = self.horizon.warmup is None
         # the update index where slot 0 starts (None until a fixed warm-up is over)
         self.origin: int | None = 0 if self.detect or self.horizon.warmup == 0 else None
-        self.slots = MAX_SLOTS
+        self.slots, self.fewest_slots = slot_bounds(self.min_batches)
         self.slot_size = 1
         self.slot_start = np.full(self.slots + 2, np.inf)  # start time of every slot (inf: not yet)
         self.slot_start[0] = 0.0
@@ -475,7 +482,7 @@ class Tracker:
             if rows.start < rows.stop:
                 self.sketch.add(g0 + g, (cell[rows] % n) * BUCKETS + bucket[rows], counts[rows],
                                 self.origin + int(rel[firsts[g]]))
-        while self.slots > MIN_SLOTS and self.per_slot.exceeds(SLOT_ENTRY_BUDGET):
+        while self.slots > self.fewest_slots and self.per_slot.exceeds(SLOT_ENTRY_BUDGET):
             self.slots //= 2
             self._halve_slots()
         while self.sketch.count > 1 and self.sketch.rows() > SKETCH_ENTRY_BUDGET:
