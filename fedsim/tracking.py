@@ -746,10 +746,10 @@ class Tracker:
         d = b.duration
         area = np.bincount(b.client, weights=b.sums[_PRESENCE], minlength=n)
         r = area / d.sum()
-        a = b.sums[_PRESENCE]
-        # sum_b (A_b - r d_b)^2, where A_b = 0 in batches without a row
-        rows = np.bincount(b.client, weights=a * (a - 2.0 * r[b.client] * d[b.batch]), minlength=n)
-        sq = np.maximum(rows + r * r * (d * d).sum(), 0.0)
+        e = b.sums[_PRESENCE] - r[b.client] * d[b.batch]
+        # sum_b (A_b - r d_b)^2: the rows' residuals, and r d_b in the batches without a row
+        covered = np.bincount(b.client, weights=d[b.batch] ** 2, minlength=n)
+        sq = np.bincount(b.client, weights=e * e, minlength=n) + r * r * np.maximum((d * d).sum() - covered, 0.0)
         se = np.sqrt(sq / (k * (k - 1))) / (d.sum() / k)
         return stdtrit(k - 1, 0.5 + self.level / 2) * se
 

@@ -137,7 +137,7 @@ def test_tracker_equals_direct_computation(case, monkeypatch):
     monkeypatch.setattr(tracking, "SKETCH_ENTRY_BUDGET", 400)
     for name, value in budgets.items():
         monkeypatch.setattr(tracking, name, value)
-    scenario = parse_scenario(doc)
+    scenario = parse_scenario(doc | {"statistics": {"batches": 5}})  # few batches: 128 slots are enough
     rec, tracker = Recorder(), Tracker(scenario)
     Engine(scenario, [tracker, rec]).run()
     st = tracker.result()
