@@ -77,14 +77,14 @@ QUANTILES = (0.5, 0.9, 0.99)
 _PRESENCE = 3  # column of the time-at-client sums in the slot table
 
 
-DENSE_KEYS = 1 << 12  # key ranges up to this (or 8 times the rows) are grouped by counting, not sorting
+DENSE_KEYS = 1 << 12  # key ranges up to this (or twice the rows) are grouped by counting, not sorting
 
 
 def grouping(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values of ``keys`` (integers in [0, size)), increasing, and the group
     number of every row: by counting in O(rows + size) when the range is small, by sorting
     otherwise."""
-    if size <= max(DENSE_KEYS, 8 * len(keys)):
+    if size <= max(DENSE_KEYS, 2 * len(keys)):
         present = np.bincount(keys, minlength=size) > 0
         return np.flatnonzero(present), (np.cumsum(present) - 1)[keys]
     return np.unique(keys, return_inverse=True)
