@@ -402,7 +402,9 @@ class Tracker:
         # the update index where slot 0 starts (None until a fixed warm-up is over)
         self.origin: int | None = 0 if self.detect or self.horizon.warmup == 0 else None
         self.slots, self.fewest_slots = slot_bounds(self.min_batches)
-        self.slot_size = 1
+        # slots start at about C / 4 updates (a power of two), so that a task, which stays about C
+        # updates at its client, spans a few slots only
+        self.slot_size = 1 << max(0, (scenario.concurrency // 4).bit_length() - 1)
         self.slot_start = np.full(self.slots + 2, np.inf)  # start time of every slot (inf: not yet)
         self.slot_start[0] = 0.0
         self.per_slot = KeyedSums(4, 1)  # key slot * n + client: updates, staleness, sojourn, presence; max
@@ -482,15 +484,16 @@ class Tracker:
             if rows.start < rows.stop:
                 self.sketch.add(g0 + g, (cell[rows] % n) * BUCKETS + bucket[rows], counts[rows],
                                 self.origin + int(rel[firsts[g]]))
+        # tasks that arrived before their completion slot began were also present in earlier slots
+        early = (t_dispatch < start) & (slot > 0)
+        if early.any():
+            self._add_presence(client[early], t_dispatch[early], start[early], slot[early] - 1)
+        # memory budgets (after every row of the chunk is in, as they renumber the slots)
         while self.slots > self.fewest_slots and self.per_slot.exceeds(SLOT_ENTRY_BUDGET):
             self.slots //= 2
             self._halve_slots()
         while self.sketch.count > 1 and self.sketch.rows() > SKETCH_ENTRY_BUDGET:
             self.sketch.halve()
-        # tasks that arrived before their completion slot began were also present in earlier slots
-        early = (t_dispatch < start) & (slot > 0)
-        if early.any():
-            self._add_presence(client[early], t_dispatch[early], start[early], slot[early] - 1)
 
     def _segment(self, rel: np.ndarray, t_done: np.ndarray) -> np.ndarray:
         """Sketch segment of every update: its position in the first half of the horizon (in
