@@ -54,6 +54,7 @@ PER = ("task", "step")
 OFFLINE = ("pause", "drop")
 AVAILABILITY_FIELDS = ("on", "off", "trace", "period", "offline")
 SPEED_FIELDS = ("period", "factors")
+YAML_BOOLEAN_KEYS = {True: "on", False: "off"}
 BEHAVIOUR_FIELDS = ("availability", "speed_profile", "dropout")
 """The group fields of client behaviour (``per`` and ``steps`` sit inside ``service``)."""
 MARKOV_MAX_SWITCHING = 10
@@ -213,7 +214,12 @@ def with_local_steps(groups: tuple[Any, ...], local_steps: int) -> tuple[Any, ..
 
 
 def parse_availability(raw: Any, path: str, base_dir: Path | None) -> Availability:
-    """``availability``: ``{on, off}`` laws or ``{trace, period}``, and ``offline``."""
+    """``availability``: ``{on, off}`` laws or ``{trace, period}``, and ``offline``.
+
+    YAML 1.1 reads the keys ``on`` and ``off`` as the booleans true and false; they are taken
+    back as the names."""
+    if isinstance(raw, Mapping):
+        raw = {YAML_BOOLEAN_KEYS.get(k, k) if isinstance(k, bool) else k: v for k, v in raw.items()}
     spec = check_mapping(raw, path, AVAILABILITY_FIELDS)
     offline = spec.get("offline", "pause")
     if offline not in OFFLINE:

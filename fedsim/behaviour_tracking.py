@@ -61,6 +61,14 @@ class BehaviourStatistics:
     lost_presence: np.ndarray
     window_start: float
     timeline: Timeline
+    lost_total: dict[str, int]  # whole run, by cause (dropout, offline)
+    applied_total: int  # updates applied in the whole run
+    in_flight_total: int  # tasks in the network at the end
+
+    @property
+    def dispatched_total(self) -> int:
+        """Tasks dispatched in the whole run: applied + lost + in flight at the end."""
+        return self.applied_total + sum(self.lost_total.values()) + self.in_flight_total
 
 
 class Bins:
@@ -92,7 +100,8 @@ class Bins:
         b1 = np.minimum((end / w).astype(np.int64), nb - 1)
         rows = self.area.shape[0]
         same = b0 == b1
-        flat = np.bincount(row[same] * nb + b0[same], weights=end[same] - start[same], minlength=rows * nb)
+        flat = np.zeros(rows * nb)
+        flat += np.bincount(row[same] * nb + b0[same], weights=end[same] - start[same], minlength=rows * nb)
         cut = ~same
         r, s, e, c0, c1 = row[cut], start[cut], end[cut], b0[cut], b1[cut]
         flat += np.bincount(r * nb + c0, weights=(c0 + 1) * w - s, minlength=rows * nb)
@@ -138,6 +147,7 @@ class BehaviourTracker:
         self.bins = Bins(2 * self.n_groups)  # rows: online per group, then in flight per group
         self.online_spans: list[tuple[int, float, float]] = []
         self.end_time = 0.0
+        self.totals: tuple[dict[str, int], int, int] = ({}, 0, 0)
 
     def on_availability(self, client: int, online: bool, now: float) -> None:
         if now == 0.0 and not self.switching[client]:
@@ -216,6 +226,8 @@ class BehaviourTracker:
             self.online_spans.append((int(client), float(self.since[client]), end))
         self._fold_spans()
         tasks = engine.in_flight()  # type: ignore[attr-defined]
+        lost = {cause: int(count.sum()) for cause, count in engine.lost.items()}  # type: ignore[attr-defined]
+        self.totals = (lost, engine.updates, len(tasks))  # type: ignore[attr-defined]
         if tasks:
             client = np.array([t.client for t in tasks], dtype=np.int64)
             self.bins.add_intervals(self.n_groups + self.group[client],
@@ -233,4 +245,5 @@ class BehaviourTracker:
                             lost=b.count[1, :used].copy())
         return BehaviourStatistics(availability=availability, lost=self.lost.copy(),
                                    lost_presence=self.lost_presence.copy(), window_start=float(self.window_start),
-                                   timeline=timeline)
+                                   timeline=timeline, lost_total=self.totals[0], applied_total=self.totals[1],
+                                   in_flight_total=self.totals[2])

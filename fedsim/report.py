@@ -20,7 +20,8 @@ client's tasks anywhere in the network, the server included. ``summary.json`` ad
 ``server_queue``, ``server_utilisation``, ``power`` (watts, clients and server) and
 ``energy_per_update`` (joules), each as ``_sim``, ``_ci`` and ``_analytic`` (0 where there is no
 server or no power), and the figure ``time_breakdown.png``. A base scenario's files are
-exactly those of the base model.
+exactly those of the base model. A scenario with client behaviour adds the columns and keys of
+:mod:`fedsim.behaviour_report` and the figure ``behaviour.png``.
 
 Every file is written to a temporary name and renamed, and ``summary.json`` is written last:
 a folder with a ``summary.json`` is complete.
@@ -39,6 +40,7 @@ import pandas as pd
 
 from fedsim import __version__
 from fedsim.analytic import ROUTE_STATIONS, ExtendedSolution, NetworkSolution, PowerDraw
+from fedsim.behaviour_report import BEHAVIOUR_COLUMNS, behaviour_columns, behaviour_summary, timeline_figure
 from fedsim.run import RunResult, analyse_power, extended_model
 from fedsim.scenario import Scenario
 
@@ -147,6 +149,9 @@ def clients_table(result: RunResult) -> pd.DataFrame:
     if result.stations is not None:
         df = df.assign(**station_columns(result))
         order += station_column_order()
+    if result.behaviour is not None:
+        df = df.assign(**behaviour_columns(result))
+        order += list(BEHAVIOUR_COLUMNS)
     return df[order]
 
 
@@ -196,7 +201,8 @@ def summary(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str,
         "mean_staleness_ci": st.mean_staleness_ci,
         "mean_staleness_analytic": an.mean_staleness,
         "staleness_max_abs_rel_error": float(np.abs(finite).max()) if finite.size else None,
-    } | (station_summary(result) if result.stations is not None else {}) | {
+    } | (station_summary(result) if result.stations is not None else {}) | (
+        behaviour_summary(result) if result.behaviour is not None else {}) | {
         "groups": groups_table(result).to_dict(orient="records"),
     } | (extra or {})
 
@@ -291,6 +297,9 @@ def write_run(result: RunResult, out: Path, *, plots: bool = True, extra: dict[s
                                         + approximate)
             atomic_write(out / "time_breakdown.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
             plt.close(fig)
+        if result.behaviour is not None:
+            fig = timeline_figure(result)
+            atomic_write(out / "behaviour.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     write_json(out / "summary.json", summary(result, extra))
 
 

@@ -84,6 +84,11 @@ class TrainingObserver:
         if update + 1 >= self.next_event:
             self._due(update + 1, now)
 
+    def on_lost(self, task: Task, _now: float) -> None:
+        """A lost task's work is never applied: its model version is released."""
+        if task.payload is not None:
+            self.versions.release(task.payload)
+
     def on_finish(self, engine: Engine) -> None:
         if not self.live:
             raise ScenarioError("--resume", f"the checkpoint is at update {self.resume_at}, beyond the end of this "
