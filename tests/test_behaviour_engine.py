@@ -395,3 +395,15 @@ def test_drop_loses_exactly_the_tasks_present_when_the_client_goes_offline(tmp_p
         schedule = engine.scenario.groups[0].availability.schedule
         assert all(schedule.online_at(client, t) for t in applied[:, 3])
     assert engine.lost["dropout"].sum() == 0 and engine.lost["offline"][2] == 0
+
+
+def test_replayed_durations_come_in_order_and_repeat(tmp_path):
+    trace = tmp_path / "steps.csv"
+    trace.write_text("client,duration\nx,0.5\ny,2.0\nx,1.25\nx,0.75\ny,1.0\n")
+    doc = {"name": "replay", "seed": 1, "concurrency": 1, "horizon": {"updates": 12, "warmup": 0},
+           "clients": [{"group": "g", "count": 1, "service": {"dist": "trace", "file": str(trace), "per": "step",
+                                                              "steps": 2}}]}
+    _, table = run_records(doc)
+    # client 0 replays device x: 0.5, 1.25, 0.75, 0.5, 1.25, 0.75, ... two steps per task
+    steps = np.tile([0.5, 1.25, 0.75], 8)
+    assert np.allclose(table[:, 3] - table[:, 2], steps[0::2] + steps[1::2], rtol=0, atol=1e-9)
