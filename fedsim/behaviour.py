@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.distributions import ServiceDistribution, make_distribution
+from fedsim.distributions import ReplayDurations, ServiceDistribution, make_distribution
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_number
-from fedsim.traces import OnIntervals, ReplayDurations, read_on_intervals
+from fedsim.traces import OnIntervals, read_on_intervals
 
 PER = ("task", "step")
 OFFLINE = ("pause", "drop")

@@ -43,11 +43,12 @@ import numpy as np
 import simpy
 
 from fedsim.behaviour import Availability, OnOff, SpeedProfile, StepSum
+from fedsim.distributions import ReplayDurations
 from fedsim.engine import Task, _blocks, service_times
 from fedsim.scenario import ClientGroup
 from fedsim.simkernel import NORMAL, armed_event
 from fedsim.stations import LOSS_CAUSES, TICKS_PER_UNIT, FifoStation
-from fedsim.traces import OnIntervals, ReplayDurations
+from fedsim.traces import OnIntervals
 
 if TYPE_CHECKING:
     from fedsim.stations import StationEngine
@@ -118,11 +119,12 @@ class DeviceStation(FifoStation):
     """A client's compute station with on/off periods, speed factors and dropout (module docstring).
 
     ``work`` is what is left of the service in progress at time ``since`` (in ticks for an
-    atomic law); the station works at rate ``factor`` while ``online``.
+    atomic law); the station works at rate ``factor`` while ``online``. With dropout,
+    ``forward`` is :meth:`_deliver`, which hands a task on to ``next_station`` or loses it.
     """
 
-    __slots__ = ("engine", "online", "factor", "work", "since", "dropout", "coin", "drop", "switch", "upcoming",
-                 "next_switch")
+    __slots__ = ("engine", "online", "factor", "work", "since", "dropout", "coin", "next_station", "drop", "switch",
+                 "upcoming", "next_switch")
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -132,7 +134,6 @@ class DeviceStation(FifoStation):
         self.work = 0.0
         self.since = 0.0
         self.dropout = 0.0
-        self.coin: Callable[[], float] | None = None
         self.drop = False
 
     def _start(self, task: Task, now: float) -> None:
@@ -172,19 +173,13 @@ class DeviceStation(FifoStation):
         if serving and online:
             self._schedule(now)
 
-    def _finish(self, _event: simpy.Event) -> None:
-        """End of the service in progress: the next task starts; the finished one moves on, or
-        is lost with probability ``dropout``."""
-        now = self.end
-        queue = self.queue
-        task = queue.popleft()
-        task.stamps[self.end_slot] = now
-        if queue:
-            self._start(queue[0], now)
-        if self.coin is not None and self.coin() < self.dropout:
+    def _deliver(self, task: Task, now: float) -> None:
+        """``forward`` of a client with dropout: the finished task moves on, or is lost with
+        probability ``dropout`` (the update never reaches the server)."""
+        if self.coin() < self.dropout:
             self.engine.lose(task, now, DROPOUT)
         else:
-            self.forward(task, now)
+            self.next_station(task, now)
 
     # ---------------------------------------------------------------------------------
     # availability
@@ -273,6 +268,7 @@ def attach(engine: StationEngine, stations: dict[int, DeviceStation]) -> list[Sp
             rng = np.random.Generator(np.random.PCG64(dropout_seeds[i]))
             station.dropout = group.dropout
             station.coin = _blocks(lambda rng=rng, block=block: rng.random(block)).__next__
+            station.next_station, station.forward = station.forward, station._deliver
         if group.availability is not None:
             rngs = tuple(np.random.Generator(np.random.PCG64(c)) for c in availability_seeds[i].spawn(2))
             online, upcoming = switches(group.availability, i - int(first[g]), rngs, block)

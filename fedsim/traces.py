@@ -19,8 +19,8 @@ the labels are reused cyclically when the group has more clients than the file h
 (client k follows label ``k mod L``). A file is read once, when the scenario is loaded, with
 the checks every input file gets: a regular file of at most :data:`MAX_TRACE_BYTES`.
 
-This module is part of the core schema: it depends on :mod:`fedsim.errors` and
-:mod:`fedsim.distributions` only.
+This module is part of the core schema: it depends on :mod:`fedsim.errors` only. The law that
+replays compute durations is :class:`fedsim.distributions.ReplayDurations` (``dist: trace``).
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ import io
 import math
 import os
 import stat
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any
 
 import numpy as np
 
-from fedsim.distributions import ServiceDistribution, register_distribution
 from fedsim.errors import ScenarioError
 
 MAX_TRACE_BYTES = 256 << 20
@@ -114,7 +112,7 @@ def read_columns(file: Any, field: str, base_dir: Path | None, columns: tuple[st
     return labels, values, lines
 
 
-def _by_label(labels: list[str]) -> tuple[tuple[str, ...], list[list[int]]]:
+def by_label(labels: list[str]) -> tuple[tuple[str, ...], list[list[int]]]:
     """Distinct labels in order of first appearance, and the rows of each."""
     rows: dict[str, list[int]] = {}
     for r, label in enumerate(labels):
@@ -195,7 +193,7 @@ def read_on_intervals(file: Any, field: str, base_dir: Path | None, period: floa
     elif end.max() > period:
         r = int(np.argmax(end))
         raise ScenarioError(field, f"{file!r} line {lines[r]}: end {end[r]:g} is beyond the period {period:g}")
-    names, rows = _by_label(labels)
+    names, rows = by_label(labels)
     starts, ends = [], []
     for label, r in zip(names, rows):
         order = sorted(r, key=lambda i: start[i])
@@ -212,66 +210,3 @@ def read_on_intervals(file: Any, field: str, base_dir: Path | None, period: floa
         starts.append(np.array(s))
         ends.append(np.array(e))
     return OnIntervals(file, float(period), names, starts, ends)
-
-
-@register_distribution("trace")
-class ReplayDurations(ServiceDistribution):
-    """Per-device compute durations from a trace, replayed in order (``dist: trace``).
-
-    Spec field ``file`` (required): a ``client,duration`` CSV file (module docstring), relative
-    to the scenario file's folder. In the simulation client k of the group replays device
-    ``k mod L``'s durations in order, cyclically (:meth:`sequence`); its mean service time is
-    the mean of that sequence (:meth:`client_means`). As a law (``mean``, ``variance``,
-    ``sample``) it is the pooled empirical distribution of every duration in the file, each
-    device weighted by its number of rows.
-    """
-
-    fields: ClassVar[tuple[str, ...]] = ("file",)
-    atomic = True
-
-    def __init__(self, file: str, labels: tuple[str, ...], sequences: list[np.ndarray]) -> None:
-        self.file = file
-        self.labels = labels
-        self.sequences = sequences
-        self.data = np.concatenate(sequences)
-
-    @classmethod
-    def from_spec(cls, params: Mapping[str, Any], base_dir: Path | None) -> Self:
-        if "file" not in params:
-            raise ScenarioError("file", "required for trace: a client,duration CSV file")
-        labels, values, lines = read_columns(params["file"], "file", base_dir, ("duration",))
-        duration = np.array(values["duration"])
-        bad = np.flatnonzero(duration <= 0)
-        if bad.size:
-            raise ScenarioError("file", f"{params['file']!r} line {lines[bad[0]]}: durations must be positive, "
-                                f"got {duration[bad[0]]:g}")
-        names, rows = _by_label(labels)
-        return cls(params["file"], names, [duration[r] for r in rows])
-
-    def sequence(self, k: int) -> np.ndarray:
-        """The durations client k of the group replays, in order."""
-        return self.sequences[k % len(self.labels)]
-
-    def client_means(self, count: int) -> np.ndarray:
-        """Mean service time of each of the group's ``count`` clients."""
-        return np.array([self.sequence(k).mean() for k in range(count)])
-
-    @property
-    def mean(self) -> float:
-        return float(self.data.mean())
-
-    @property
-    def variance(self) -> float:
-        return float(self.data.var())
-
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        return self.data[rng.integers(0, self.data.size, int(size))]
-
-    def to_spec(self) -> dict[str, Any]:
-        return {"dist": self.name, "file": self.file}
-
-    def describe(self) -> str:
-        return f"trace({self.file}, {len(self.labels)} devices, mean={self.mean:.6g})"
-
-    def _identity(self) -> tuple[Any, ...]:
-        return (self.file, self.labels, tuple(s.tobytes() for s in self.sequences))
