@@ -24,11 +24,15 @@ until its start is known (at most the warm-up and one chunk of records), then fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsim.engine import CompletionRecords, Task
 from fedsim.scenario import Scenario
+
+if TYPE_CHECKING:
+    from fedsim.stations import StationEngine
 
 TIMELINE_BINS = 512
 FIRST_BIN_WIDTH = 2.0**-10
@@ -150,7 +154,7 @@ class BehaviourTracker:
         self.totals: tuple[dict[str, int], int, int] = ({}, 0, 0)
 
     def on_availability(self, client: int, online: bool, now: float) -> None:
-        if now == 0.0 and not self.switching[client]:
+        if not self.switching[client]:  # the state at time 0
             self.switching[client] = True
         elif not online:
             self.on_total[client] += now - self.since[client]
@@ -216,8 +220,8 @@ class BehaviourTracker:
             self.bins.add_intervals(self.group[client.astype(np.int64)], start, end)
             self.online_spans = []
 
-    def on_finish(self, engine: object) -> None:
-        end = self.end_time = engine.env.now  # type: ignore[attr-defined]
+    def on_finish(self, engine: StationEngine) -> None:
+        end = self.end_time = engine.env.now
         if self.window_start is None:  # the run ended inside the warm-up
             self.window_start = end
         self._open(end)
@@ -225,9 +229,9 @@ class BehaviourTracker:
         for client in np.flatnonzero(self.online):
             self.online_spans.append((int(client), float(self.since[client]), end))
         self._fold_spans()
-        tasks = engine.in_flight()  # type: ignore[attr-defined]
-        lost = {cause: int(count.sum()) for cause, count in engine.lost.items()}  # type: ignore[attr-defined]
-        self.totals = (lost, engine.updates, len(tasks))  # type: ignore[attr-defined]
+        tasks = engine.in_flight()
+        lost = {cause: int(count.sum()) for cause, count in engine.lost.items()}
+        self.totals = (lost, engine.updates, len(tasks))
         if tasks:
             client = np.array([t.client for t in tasks], dtype=np.int64)
             self.bins.add_intervals(self.n_groups + self.group[client],
