@@ -14,6 +14,11 @@ approximation), ``tasks_dispatched``, ``tasks_applied``, ``tasks_lost``, ``tasks
 flight), ``throughput_always_on_analytic`` (the same network with every client always online
 at full speed, no loss), and ``throughput_lost_sim`` / ``throughput_lost_analytic``, the
 fraction of that always-on throughput the behaviour costs, ``1 - throughput / always-on``.
+
+``timeline.csv`` (:func:`timeline_table`) holds the run's timeline, one row per time bin:
+``start``, ``end``, ``applied`` (updates applied in the bin), ``lost`` (tasks lost), and per
+group ``online_<group>`` (mean clients online) and ``in_flight_<group>`` (mean tasks in flight,
+anywhere in the network); ``behaviour.png`` (:func:`timeline_figure`) draws it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
@@ -63,58 +69,77 @@ def behaviour_summary(result: RunResult) -> dict[str, Any]:
     }
 
 
+def timeline_table(result: RunResult) -> pd.DataFrame:
+    """timeline.csv: the run's timeline bins (module docstring)."""
+    t = result.behaviour.timeline
+    table = pd.DataFrame({"start": t.starts, "end": t.starts + t.width, "applied": t.applied, "lost": t.lost})
+    for g, group in enumerate(result.scenario.groups):
+        table[f"online_{group.name}"] = t.online[g]
+    for g, group in enumerate(result.scenario.groups):
+        table[f"in_flight_{group.name}"] = t.in_flight[g]
+    return table
+
+
 def sliding_mean(x: np.ndarray, k: int) -> np.ndarray:
     """Centred moving average over ``k`` bins (fewer at the ends)."""
     kernel = np.ones(k)
     return np.convolve(x, kernel, "same") / np.convolve(np.ones_like(x), kernel, "same")
 
 
-def timeline_figure(result: RunResult) -> Figure:
-    """One run over simulated time: clients online per group, tasks in flight per group
-    (stacked: they add up to C), and the throughput of applied updates and the rate of lost
-    tasks in a sliding window, with the analytical throughput and the always-on one."""
-    s, t, m = result.scenario, result.behaviour.timeline, result.behaviour_model
-    x = t.starts + t.width / 2
+def timeline_figure(timeline: pd.DataFrame, summary: dict[str, Any]) -> Figure:
+    """One run over simulated time, from timeline.csv and summary.json: clients online per
+    group (speed factors dashed), tasks in flight per group (stacked: they add up to C), and
+    the throughput of applied updates and the rate of lost tasks in a sliding window, with the
+    analytical throughput and the always-on network's."""
+    from fedsim.plots import palette
+
+    scenario = summary["scenario"]
+    groups = scenario["clients"]
+    start, end = timeline["start"].to_numpy(), timeline["end"].to_numpy()
+    width = float(end[0] - start[0])
+    x = (start + end) / 2
+    last = min(float(end[-1]), float(summary["sim_time"]))
     fig = Figure(figsize=(11, 8.5))
     axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1, 1.1]})
-    colors = [f"C{k}" for k in range(len(s.groups))]
+    colors = palette(len(groups))
     ax = axes[0]
     top = 1.0
-    for g, group in enumerate(s.groups):
-        always = "" if group.availability is not None else ", always on"
-        ax.plot(x, t.online[g] / group.count, color=colors[g], lw=1.2,
-                label=f"{group.name} ({group.count} clients{always})")
-        if group.speed_profile is not None:
-            profile = group.speed_profile
-            edges = np.arange(0.0, t.end + profile.period, profile.period / len(profile.factors))
-            factors = np.resize(profile.factors, len(edges))
-            ax.step(edges, factors, where="post", color=colors[g], lw=1, ls="--", label=f"{group.name}: speed factor")
-            top = max(top, max(profile.factors))
+    for g, group in enumerate(groups):
+        always = "" if "availability" in group else ", always on"
+        ax.plot(x, timeline[f"online_{group['group']}"] / group["count"], color=colors[g], lw=1.2,
+                label=f"{group['group']} ({group['count']} clients{always})")
+        if "speed_profile" in group:
+            profile = group["speed_profile"]
+            factors = profile["factors"]
+            edges = np.arange(0.0, last + profile["period"], profile["period"] / len(factors))
+            ax.step(edges, np.resize(factors, len(edges)), where="post", color=colors[g], lw=1, ls="--",
+                    label=f"{group['group']}: speed factor")
+            top = max(top, max(factors))
     ax.set(ylabel="fraction online", ylim=(-0.03, top * 1.05),
            title="clients online per group (mean over each bin); speed factors dashed")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax = axes[1]
-    ax.stackplot(x, t.in_flight, colors=colors, labels=[g.name for g in s.groups], alpha=0.85)
-    ax.set(ylabel="tasks", ylim=(0, s.concurrency * 1.05),
-           title=f"tasks in flight per group (stacked; they add up to C = {s.concurrency})")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.stackplot(x, [timeline[f"in_flight_{g['group']}"] for g in groups], colors=colors,
+                 labels=[g["group"] for g in groups], alpha=0.85)
+    C = scenario["concurrency"]
+    ax.set(ylabel="tasks", ylim=(0, C * 1.05), title=f"tasks in flight per group (stacked; they add up to C = {C})")
     ax = axes[2]
     k = min(SLIDING_WINDOW_BINS, len(x))
-    window = k * t.width
-    ax.plot(x, sliding_mean(t.applied, k) / t.width, color="black", lw=1.3,
-            label=f"applied updates / time (sliding window {window:.3g})")
-    ax.plot(x, sliding_mean(t.lost, k) / t.width, color="C3", lw=1.1, ls="--", label="lost tasks / time")
-    approx = "" if m.exact else " (approximation)"
-    ax.axhline(result.analytic.throughput, color="grey", lw=1, ls=":", label=f"analytical throughput{approx}")
-    ax.axhline(m.always_on_throughput, color="C2", lw=1, ls="-.", label="always-on network (analytical)")
+    ax.plot(x, sliding_mean(timeline["applied"].to_numpy(float), k) / width, color="black", lw=1.3,
+            label=f"applied updates / time (sliding window {k * width:.3g})")
+    ax.plot(x, sliding_mean(timeline["lost"].to_numpy(float), k) / width, color="C3", lw=1.1, ls="--",
+            label="lost tasks / time")
+    approx = "" if summary["exact"] else " (approximation)"
+    ax.axhline(summary["throughput_analytic"], color="grey", lw=1, ls=":", label=f"analytical throughput{approx}")
+    ax.axhline(summary["throughput_always_on_analytic"], color="C2", lw=1, ls="-.",
+               label="always-on network (analytical)")
     ax.set(xlabel="simulated time", ylabel="per unit of time", title="throughput and losses")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylim(bottom=0)
+    warmup = summary["window_start"]
     for ax in axes:
-        ax.axvspan(0, result.stats.window_start, color="0.85", zorder=0)
-        ax.grid(alpha=0.3)
-        ax.set_xlim(0, t.end)
-    axes[0].text(result.stats.window_start / 2, 1.0, "warm-up", ha="center", va="top", fontsize=8, color="0.4")
-    fig.suptitle(f"{s.name}: client behaviour over simulated time (one run, seed {s.seed})")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.axvspan(0, warmup, color="0.85", zorder=0)
+        ax.set_xlim(0, last)
+    axes[0].text(warmup / 2, 1.0, "warm-up", ha="center", va="top", fontsize=8, color="0.4")
+    fig.suptitle(f"{scenario['name']}: client behaviour over simulated time (one run, seed {scenario['seed']})")
     fig.tight_layout()
     return fig

@@ -67,63 +67,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from fedsim import __version__
+from fedsim.entry import make_callable
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_str
-from fedsim.scenario import parse_scenario
+from fedsim.inputs import load_yaml_file
+from fedsim.paths import set_path, split_path
+from fedsim.scenario import MAX_SEED, parse_scenario
 
 SWEEP_FIELDS = ("name", "scenario", "overrides", "grid", "seeds", "seed", "trace")
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.parquet"
 MANIFEST_FILE = "sweep.json"
 CELLS_DIR = "cells"
-_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*")
-_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+MAX_CELLS = 100_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-\[\]]")
 
 Scalar = bool | int | float | str
 
 
 # ---------------------------------------------------------------------------------------
-# field paths
-
-
-def split_path(path: str, where: str) -> list[str | int]:
-    """``clients[1].service.cv`` -> ``["clients", 1, "service", "cv"]``; ``where`` locates errors."""
-    if not _PATH.fullmatch(path):
-        raise ScenarioError(where, f"{path!r} is not a field path; write e.g. concurrency or clients[1].service.cv")
-    return [name if name else int(index) for name, index in _STEP.findall(path)]
-
-
-def set_path(doc: dict[str, Any], path: str, value: Any, where: str) -> bool:
-    """Set the field at ``path`` of the scenario mapping ``doc`` (in place).
-
-    Every step but the last must exist; the last may be absent from a mapping, and is then
-    added. Returns whether the field was already there. Raises ScenarioError(``where``, ...).
-    """
-    steps = split_path(path, where)
-    node: Any = doc
-    walked = ""  # the path up to the current step
-    for depth, step in enumerate(steps):
-        prefix = walked or "the scenario"
-        if isinstance(step, int):
-            if not isinstance(node, list):
-                raise ScenarioError(where, f"no such field in the base scenario ({prefix} is not a list)")
-            if step >= len(node):
-                noun = "groups" if prefix == "clients" else "entries"
-                raise ScenarioError(where, f"no such field in the base scenario ({prefix} has {len(node)} {noun})")
-        elif not isinstance(node, dict):
-            raise ScenarioError(where, f"no such field in the base scenario ({prefix} is not a mapping)")
-        elif step not in node and depth < len(steps) - 1:
-            raise ScenarioError(where, f"no such field in the base scenario ({prefix} has no field {step!r})")
-        if depth < len(steps) - 1:
-            node = node[step]
-            walked += f"[{step}]" if isinstance(step, int) else (f".{step}" if walked else step)
-    existed = isinstance(step, int) or step in node
-    node[step] = copy.deepcopy(value)
-    return existed
+# cell names
 
 
 def format_value(value: Scalar) -> str:
@@ -198,12 +163,7 @@ def _load_base(spec: Any, base_dir: Path) -> tuple[dict[str, Any], Path]:
     if isinstance(spec, Mapping):
         return copy.deepcopy(dict(spec)), base_dir
     path = base_dir / check_str(spec, "scenario")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ScenarioError("scenario", f"cannot read the base scenario {path} ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError("scenario", f"the base scenario {path} is not valid YAML ({_yaml_problem(exc)})") from None
+    doc = load_yaml_file(path, f"the base scenario {path}", "scenario")
     if not isinstance(doc, dict):
         raise ScenarioError("scenario", f"the base scenario {path} must be a mapping")
     return doc, path.parent
@@ -242,8 +202,12 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
         if path in overrides:
             raise ScenarioError(where, "also set in overrides; give it in one place")
         grid.append((path, _check_values(values, where)))
-    seeds = check_int(doc.get("seeds", 1), "seeds", 1)
-    seed = check_int(doc.get("seed", base.get("seed", 0)), "seed", 0)
+    seeds = check_int(doc.get("seeds", 1), "seeds", 1, MAX_CELLS)
+    seed = check_int(doc.get("seed", base.get("seed", 0)), "seed", 0, MAX_SEED - seeds + 1)
+    cells_count = math.prod(len(values) for _, values in grid) * seeds
+    if cells_count > MAX_CELLS:
+        raise ScenarioError("grid", f"{cells_count:,} cells (grid points times seeds), above the limit of "
+                            f"{MAX_CELLS:,}; split the sweep")
     trace = _parse_trace(doc.get("trace", False), grid)
 
     cells = []
@@ -290,22 +254,10 @@ def _parse_trace(raw: Any, grid: list[tuple[str, tuple[Scalar, ...]]]
     return lambda values: all(format_value(v) in chosen[p] for p, v in values if p in chosen)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error on one line: what and where."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{getattr(exc, 'problem', None) or 'invalid YAML'}{where}"
-
-
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep YAML file (its cells included)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ScenarioError(str(path), f"cannot read sweep file ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(str(path), _yaml_problem(exc)) from None
+    raw = load_yaml_file(path, "sweep file")
     return parse_sweep(raw, base_dir=path.parent, source=path, default_name=path.stem)
 
 
@@ -570,3 +522,6 @@ def load_results(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """results.parquet and sweep.json of a sweep folder."""
     out = Path(out)
     return pd.read_parquet(out / RESULTS_FILE), json.loads((out / MANIFEST_FILE).read_text())
+
+
+make_callable(__name__)  # fedsim.sweep(...) is fedsim.api.sweep (see fedsim.entry)

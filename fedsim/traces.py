@@ -17,9 +17,11 @@ lines starting with ``#`` are skipped; columns may come in any order, others are
 numbered within the group) follows the k-th distinct label in order of first appearance, and
 the labels are reused cyclically when the group has more clients than the file has devices
 (client k follows label ``k mod L``). A file is read once, when the scenario is loaded, with
-the checks every input file gets: a regular file of at most :data:`MAX_TRACE_BYTES`.
+the checks every input file gets (:func:`fedsim.inputs.read_text`: a regular file of at most
+:data:`~fedsim.inputs.MAX_DATA_BYTES`, UTF-8).
 
-This module is part of the core schema: it depends on :mod:`fedsim.errors` only. The law that
+This module is part of the core schema: it depends on :mod:`fedsim.errors` and
+:mod:`fedsim.inputs` only. The law that
 replays compute durations is :class:`fedsim.distributions.ReplayDurations` (``dist: trace``).
 """
 
@@ -29,37 +31,13 @@ import csv
 import io
 import math
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedsim.errors import ScenarioError
-
-MAX_TRACE_BYTES = 256 << 20
-"""Largest trace file read (256 MiB)."""
-
-
-def _read_text(location: Path, field: str, shown: str) -> str:
-    """The text of a regular UTF-8 file of at most :data:`MAX_TRACE_BYTES`, or a one-line error."""
-    try:
-        info = os.stat(location)
-    except OSError as exc:
-        where = "" if str(location) == shown else f" (looked for {location.absolute()})"
-        raise ScenarioError(field, f"cannot read {shown!r}: {exc.strerror or exc}{where}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ScenarioError(field, f"cannot read {shown!r}: not a regular file; give a CSV file")
-    if info.st_size > MAX_TRACE_BYTES:
-        raise ScenarioError(field, f"cannot read {shown!r}: {info.st_size:,} bytes, above the limit of "
-                            f"{MAX_TRACE_BYTES:,}")
-    try:
-        return location.read_bytes()[: MAX_TRACE_BYTES + 1].decode("utf-8-sig")
-    except OSError as exc:
-        raise ScenarioError(field, f"cannot read {shown!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(field, f"cannot read {shown!r}: not UTF-8 text") from None
-
+from fedsim.inputs import MAX_DATA_BYTES, read_text
 
 def _locate(file: Any, field: str, base_dir: Path | None) -> Path:
     if not isinstance(file, str) or not file.strip():
@@ -75,7 +53,10 @@ def read_columns(file: Any, field: str, base_dir: Path | None, columns: tuple[st
     """Rows of a trace file: the ``client`` labels, the other ``columns`` as numbers, and each
     row's line number. Errors name the file and the line."""
     location = _locate(file, field, base_dir)
-    text = _read_text(location, field, file)
+    if not os.path.lexists(location):
+        where = "" if str(location) == file else f" (looked for {location.absolute()})"
+        raise ScenarioError(field, f"no such file {file!r}{where}")
+    text = read_text(location, field, repr(file), MAX_DATA_BYTES)
     try:
         rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text)), start=1)
                 if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")]

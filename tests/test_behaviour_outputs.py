@@ -13,6 +13,7 @@ import pytest
 from fedsim.behaviour_report import BEHAVIOUR_COLUMNS, sliding_mean
 from fedsim.behaviour_tracking import Bins
 from fedsim.cli import main
+from fedsim.report import open_run
 
 SCENARIO = {
     "name": "fleet", "seed": 9, "concurrency": 6, "horizon": {"time": 1500.0, "warmup": 150.0},
@@ -51,6 +52,13 @@ def test_run_folder_reports_availability_losses_and_the_timeline(write_yaml, tmp
     assert np.allclose(clients[clients.group == "laptops"].capacity_analytic, 0.75)
     assert np.allclose(clients.loss_fraction_sim, clients.lost_tasks / (clients.lost_tasks + clients.completions))
     assert (out / "behaviour.png").stat().st_size > 30_000
+    timeline = open_run(out).timeline  # timeline.csv, read back
+    assert list(timeline.columns[:4]) == ["start", "end", "applied", "lost"] and 256 <= len(timeline) <= 512
+    assert timeline["applied"].sum() == summary["updates"] and timeline["lost"].sum() == summary["tasks_lost"]
+    in_flight = timeline[[f"in_flight_{g}" for g in ("phones", "laptops", "servers")]].sum(axis=1)
+    full = timeline["end"] <= summary["sim_time"]
+    assert np.allclose(in_flight[full], 6)  # C tasks in flight at every instant
+    assert np.allclose(timeline["online_servers"][full], 1) and timeline["online_phones"].max() <= 4
 
 
 def test_base_folder_has_no_behaviour_outputs(write_yaml, tmp_path):
@@ -88,11 +96,14 @@ def test_training_loses_tasks_and_releases_their_models(write_yaml, tmp_path):
            "training": {"dataset": {"name": "synthetic", "dim": 8, "classes": 4, "samples": 60},
                         "model": {"name": "logistic"}, "algorithm": {"lr": 0.05, "batch_size": 16, "local_steps": 2},
                         "eval": {"every_updates": 200}}}
-    _, lossy, _ = run_folder(write_yaml, tmp_path, doc, "lossy")
-    curve = pd.read_csv(tmp_path / "lossy" / "training.csv")
-    assert curve["update"].tolist() == [0, 200, 400, 600] and lossy["tasks_lost_dropout"] > 100
-    assert lossy["max_alive_versions"] <= 6  # a lost task's model version is released
-    assert lossy["scenario"]["clients"][0]["service"] == {"dist": "exponential", "rate": 3.0, "cv": 1.0, "per": "step"}
+    for batched in (False, True):  # the sequential and the batched path of the client work
+        doc["training"]["batched"] = batched
+        _, lossy, _ = run_folder(write_yaml, tmp_path, doc, f"lossy{batched}")
+        curve = pd.read_csv(tmp_path / f"lossy{batched}" / "training.csv")
+        assert curve["update"].tolist() == [0, 200, 400, 600] and lossy["tasks_lost_dropout"] > 100
+        assert lossy["max_alive_versions"] <= 6  # a lost task's model version is released
+        assert lossy["scenario"]["clients"][0]["service"] == {"dist": "exponential", "rate": 3.0, "cv": 1.0,
+                                                              "per": "step"}
     doc["clients"][0].pop("dropout")
     _, kept, _ = run_folder(write_yaml, tmp_path, doc, "kept")
     base = pd.read_csv(tmp_path / "kept" / "training.csv")

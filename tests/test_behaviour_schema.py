@@ -120,9 +120,9 @@ def test_bad_trace_files_are_one_line_errors(tmp_path, text, words):
 
 
 def test_trace_files_must_be_regular(tmp_path):
-    with pytest.raises(ScenarioError, match="not a regular file"):
+    with pytest.raises(ScenarioError, match="it is a folder; give a regular file"):
         parse_scenario(with_group(availability={"trace": str(tmp_path)}))
-    with pytest.raises(ScenarioError, match="No such file"):
+    with pytest.raises(ScenarioError, match="no such file 'missing.csv'"):
         parse_scenario(with_group(availability={"trace": "missing.csv"}), base_dir=tmp_path)
 
 

@@ -115,20 +115,26 @@ class Monitor:
 
 
 def _fmt(row: Row) -> list[str]:
-    return [str(row[0])] + [f"{x:.10g}" for x in row[1:]]
+    return [str(row[0])] + [repr(float(x)) for x in row[1:]]  # shortest text that reads back exactly
 
 
 def training_figure(curve: pd.DataFrame, title: str) -> Any:
     """Test accuracy (top) and train/test loss (bottom) against simulated time (left) and
-    against updates (right)."""
-    import matplotlib
+    against updates (right): a pyplot-free ``Figure`` in fedsim's style
+    (:func:`fedsim.plots.figure_style`)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    from fedsim.plots import figure_style
 
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex="col")
+    with figure_style():
+        fig = Figure(figsize=(12, 7.5))
+        _curves(fig.subplots(2, 2, sharex="col"), curve)
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.18, hspace=0.25)
+    return fig
+
+
+def _curves(axes: Any, curve: pd.DataFrame) -> None:
     for col, x, label in ((0, "sim_time", "simulated time"), (1, "update", "updates applied")):
         axes[0, col].plot(curve[x], curve["test_accuracy"], marker="o", ms=3, color="C0")
         axes[0, col].set(ylabel="test accuracy", title=f"accuracy vs {label}")
@@ -136,6 +142,3 @@ def training_figure(curve: pd.DataFrame, title: str) -> Any:
         axes[1, col].plot(curve[x], curve["test_loss"], marker="o", ms=3, color="C2", label="test")
         axes[1, col].set(xlabel=label, ylabel="cross-entropy loss", title=f"loss vs {label}")
         axes[1, col].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.18, hspace=0.25)
-    return fig
