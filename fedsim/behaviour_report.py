@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from fedsim.run import RunResult
 
 BEHAVIOUR_COLUMNS = ("availability_sim", "availability_analytic", "capacity_analytic", "lost_tasks",
@@ -91,6 +92,8 @@ def timeline_figure(timeline: pd.DataFrame, summary: dict[str, Any]) -> Figure:
     group (speed factors dashed), tasks in flight per group (stacked: they add up to C), and
     the throughput of applied updates and the rate of lost tasks in a sliding window, with the
     analytical throughput and the always-on network's."""
+    from matplotlib.figure import Figure
+
     from fedsim.plots import palette
 
     scenario = summary["scenario"]
