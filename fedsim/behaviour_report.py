@@ -129,11 +129,11 @@ def timeline_figure(timeline: pd.DataFrame, summary: dict[str, Any]) -> Figure:
     k = min(SLIDING_WINDOW_BINS, len(x))
     ax.plot(x, sliding_mean(timeline["applied"].to_numpy(float), k) / width, color="black", lw=1.3,
             label=f"applied updates / time (sliding window {k * width:.3g})")
-    ax.plot(x, sliding_mean(timeline["lost"].to_numpy(float), k) / width, color="C3", lw=1.1, ls="--",
+    ax.plot(x, sliding_mean(timeline["lost"].to_numpy(float), k) / width, color="#b2182b", lw=1.1, ls="--",
             label="lost tasks / time")
     approx = "" if summary["exact"] else " (approximation)"
     ax.axhline(summary["throughput_analytic"], color="grey", lw=1, ls=":", label=f"analytical throughput{approx}")
-    ax.axhline(summary["throughput_always_on_analytic"], color="C2", lw=1, ls="-.",
+    ax.axhline(summary["throughput_always_on_analytic"], color="0.25", lw=1, ls="-.",
                label="always-on network (analytical)")
     ax.set(xlabel="simulated time", ylabel="per unit of time", title="throughput and losses")
     ax.set_ylim(bottom=0)
