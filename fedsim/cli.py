@@ -117,9 +117,16 @@ def cmd_analytic(args: argparse.Namespace) -> int:
 
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
-    scenario: Scenario = load_scenario(args.scenario)
+    scenario: Scenario = load_scenario(args.scenario)  # imports the plug-ins
+    notes = [f"plugins {', '.join(scenario.plugins)}"] if scenario.plugins else []
+    training = scenario.training
+    if training is not None and ":" in training.model.name:  # a factory: its module must import
+        from fedsim.plugins import resolve_callable
+
+        resolve_callable(training.model.name, training.base_dir, "training.model")
+        notes.append(f"model factory {training.model.name}")
     print(f"{args.scenario}: valid ({scenario.n_clients} clients in {len(scenario.groups)} groups, "
-          f"C = {scenario.concurrency}, routing {scenario.routing})")
+          f"C = {scenario.concurrency}, routing {scenario.routing}" + "".join(f"; {n}" for n in notes) + ")")
     return 0
 
 

@@ -6,6 +6,7 @@ Every problem raises :class:`~fedsim.errors.ScenarioError` naming the field path
 in README.md; in short::
 
     name: two-speeds
+    plugins: [mylaws]                              # optional: modules next to the file (fedsim.plugins)
     seed: 7
     concurrency: 10
     horizon: {updates: 200000, warmup: 10000}      # or {time: 5000.0, warmup: 500.0}
@@ -43,11 +44,12 @@ import yaml
 from fedsim.distributions import ServiceDistribution, make_distribution
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_number, check_str
+from fedsim.plugins import load_plugins
 from fedsim.routing import ROUTING_POLICIES, routing_probabilities
 from fedsim.sections import SECTIONS, ScenarioDraft, provided_routings
 
 CORE_FIELDS = ("name", "seed", "concurrency", "horizon", "routing", "statistics", "clients", "server",
-               "server_power")
+               "server_power", "plugins")
 GROUP_FIELDS = ("group", "count", "service", "routing_weight", "downlink", "uplink", "power")
 LINKS = ("downlink", "uplink")
 STATION_KINDS = ("fifo", "delay")
@@ -154,6 +156,7 @@ class Scenario:
     server: Station | None = None
     server_power: ServerPower | None = None
     sections: Mapping[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # modules imported before the scenario was parsed (fedsim.plugins)
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -216,7 +219,8 @@ class Scenario:
             horizon = {"updates": self.horizon.updates, "warmup": int(self.horizon.warmup)}
         else:
             horizon = {"time": self.horizon.time, "warmup": self.horizon.warmup}
-        out: dict[str, Any] = {
+        out: dict[str, Any] = {"plugins": list(self.plugins)} if self.plugins else {}
+        out |= {
             "name": self.name,
             "seed": self.seed,
             "concurrency": self.concurrency,
@@ -304,8 +308,11 @@ def _parse_groups(raw: Any, base_dir: Path | None) -> tuple[ClientGroup, ...]:
 def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None = None) -> Scenario:
     """Validate a scenario given as a mapping (the YAML document) and build the Scenario.
 
-    ``base_dir`` resolves relative file paths (empirical service times, datasets).
+    ``base_dir`` resolves relative file paths (empirical service times, datasets) and is where
+    the modules of ``plugins:`` are looked up first; they are imported before anything else is
+    parsed, so that what they register (laws, routings, sections, ...) is known.
     """
+    plugins = load_plugins(raw.get("plugins") if isinstance(raw, Mapping) else None, base_dir)
     doc = check_mapping(raw, "", CORE_FIELDS + tuple(SECTIONS))
     provider = provided_routings().get(doc.get("routing"))  # a section then chooses the concurrency
     for required in ("name", "horizon", "clients") + (() if provider else ("concurrency",)):
@@ -348,7 +355,7 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
                 draft.sections[section.name] = value
     scenario = Scenario(name=name, seed=seed, concurrency=draft.concurrency, horizon=horizon, routing=draft.routing,
                         groups=draft.groups, statistics=statistics, server=server, server_power=server_power,
-                        sections=draft.sections, source=source, raw=dict(doc))
+                        sections=draft.sections, plugins=plugins, source=source, raw=dict(doc))
     scenario.p  # noqa: B018 -- resolve the routing now so that all-zero weights fail at parse time
     return scenario
 

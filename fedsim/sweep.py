@@ -4,6 +4,7 @@ A sweep file names a base scenario and a grid of scenario fields, each by its *f
 (the path :class:`~fedsim.errors.ScenarioError` uses)::
 
     name: concurrency
+    plugins: [mylab]                        # optional: modules imported first (fedsim.plugins)
     scenario: ../scenarios/default.yaml     # a scenario file (relative to this file) or a mapping
     overrides: {horizon: {updates: 100000, warmup: 10000}}   # optional: set on every cell
     grid:                                   # optional: the product of these lists
@@ -72,9 +73,10 @@ import yaml
 from fedsim import __version__
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_str
+from fedsim.plugins import import_near, load_plugins, registered_modules
 from fedsim.scenario import parse_scenario
 
-SWEEP_FIELDS = ("name", "scenario", "overrides", "grid", "seeds", "seed", "trace")
+SWEEP_FIELDS = ("name", "plugins", "scenario", "overrides", "grid", "seeds", "seed", "trace")
 SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.parquet"
 MANIFEST_FILE = "sweep.json"
@@ -163,12 +165,14 @@ class Sweep:
     seed: int
     cells: tuple[Cell, ...]
     source: Path | None = None
+    plugins: tuple[str, ...] = ()  # the sweep file's plugins: (imported when it was parsed)
 
     def manifest(self) -> dict[str, Any]:
         """The content of sweep.json."""
         return {
             "name": self.name,
             "source": None if self.source is None else str(self.source),
+            "plugins": list(self.plugins),
             "fedsim_version": __version__,
             "base_scenario": self.base,
             "grid": {path: list(values) for path, values in self.grid},
@@ -226,6 +230,7 @@ def _validate_cell(doc: dict[str, Any], base_dir: Path, values: tuple[tuple[str,
 def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_name: str = "sweep") -> Sweep:
     """Validate a sweep mapping and build every cell; any bad input raises ScenarioError here."""
     doc = check_mapping(raw, "", SWEEP_FIELDS)
+    plugins = load_plugins(doc.get("plugins"), base_dir)
     if "scenario" not in doc:
         raise ScenarioError("scenario", "missing; give a scenario file (relative to the sweep file) or a mapping")
     name = check_str(doc.get("name", default_name), "name")
@@ -261,7 +266,7 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
     if too_long is not None:
         raise ScenarioError("grid", f"cell folder name too long ({too_long[:60]}...); use fewer or shorter values")
     return Sweep(name=name, base=base, base_dir=scenario_dir.resolve(), grid=tuple(grid), seeds=seeds, seed=seed,
-                 cells=tuple(cells), source=source)
+                 cells=tuple(cells), source=source, plugins=plugins)
 
 
 def _path_mapping(value: Any, where: str) -> dict[str, Any]:
@@ -315,12 +320,18 @@ def load_sweep(path: str | Path) -> Sweep:
 
 @dataclass(frozen=True)
 class CellJob:
-    """What a worker needs to run a cell (picklable; no paths of the driver's file system but base_dir)."""
+    """What a worker needs to run a cell (picklable; no paths of the driver's file system but
+    base_dir and the folders of the plug-ins).
+
+    ``plugins`` are the driver's modules that registered plug-ins, ``(module, folder)``
+    (:func:`fedsim.plugins.registered_modules`); the worker imports them before parsing.
+    """
 
     name: str
     scenario: Mapping[str, Any]
     base_dir: Path
     trace: bool
+    plugins: tuple[tuple[str, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,6 +349,8 @@ def run_cell(job: CellJob) -> CellOutcome:
     from fedsim.run import simulate
 
     try:
+        for module, folder in job.plugins:
+            import_near(module, folder, "plugins")
         scenario = parse_scenario(job.scenario, base_dir=job.base_dir)
         with tempfile.TemporaryDirectory(prefix="fedsim-cell-") as tmp:
             folder = Path(tmp)
@@ -502,7 +515,8 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
         todo = [c for c in sweep.cells if not cell_complete(c, cells_dir / c.name, sweep.base_dir)]
         for c in todo:  # a stale summary.json must not mark a half-rewritten folder complete
             (cells_dir / c.name / SUMMARY_FILE).unlink(missing_ok=True)
-        jobs = [CellJob(c.name, c.scenario, sweep.base_dir, c.trace) for c in todo]
+        plugins = registered_modules()
+        jobs = [CellJob(c.name, c.scenario, sweep.base_dir, c.trace, plugins) for c in todo]
         failed: dict[str, str] = {}
         bar = None
         if progress:

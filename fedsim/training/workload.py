@@ -82,7 +82,8 @@ def build_workload(scenario: Scenario) -> Workload:
     init_seed = int(seeds["init"].generate_state(1, np.uint64)[0] >> np.uint64(1))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes)
+        module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes,
+                             base_dir=cfg.base_dir)
     flat = FlatModel(module, device)
     w0 = flat.flatten()
     sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], np.random.default_rng(seeds["batches"]), device)
