@@ -72,13 +72,16 @@ import yaml
 
 from fedsim import __version__
 from fedsim.errors import ScenarioError
-from fedsim.fields import check_int, check_mapping, check_str
+from fedsim.fields import check_int, check_mapping, check_number, check_str
 from fedsim.plugins import import_near, load_plugins, registered_modules
 from fedsim.scenario import parse_scenario
 
-SWEEP_FIELDS = ("name", "plugins", "scenario", "overrides", "grid", "seeds", "seed", "trace")
+SWEEP_FIELDS = ("name", "plugins", "scenario", "overrides", "grid", "seeds", "seed", "trace", "targets")
 SUMMARY_FILE = "summary.json"
+CELL_FILE = "cell.json"
+CURVE_FILE = "training.csv"
 RESULTS_FILE = "results.parquet"
+TRAINING_FILE = "training.parquet"
 MANIFEST_FILE = "sweep.json"
 CELLS_DIR = "cells"
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*")
@@ -166,6 +169,7 @@ class Sweep:
     cells: tuple[Cell, ...]
     source: Path | None = None
     plugins: tuple[str, ...] = ()  # the sweep file's plugins: (imported when it was parsed)
+    targets: tuple[float, ...] = ()  # test accuracies whose time to reach results.parquet reports
 
     def manifest(self) -> dict[str, Any]:
         """The content of sweep.json."""
@@ -178,6 +182,7 @@ class Sweep:
             "grid": {path: list(values) for path, values in self.grid},
             "seeds": self.seeds,
             "seed": self.seed,
+            "targets": list(self.targets),
             "cells": [{"name": c.name, "values": dict(c.values), "seed_index": c.seed_index, "seed": c.seed,
                        "trace": c.trace} for c in self.cells],
         }
@@ -250,6 +255,7 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
     seeds = check_int(doc.get("seeds", 1), "seeds", 1)
     seed = check_int(doc.get("seed", base.get("seed", 0)), "seed", 0)
     trace = _parse_trace(doc.get("trace", False), grid)
+    targets = _parse_targets(doc.get("targets"), base)
 
     cells = []
     for point in itertools.product(*(values for _, values in grid)):
@@ -266,7 +272,7 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
     if too_long is not None:
         raise ScenarioError("grid", f"cell folder name too long ({too_long[:60]}...); use fewer or shorter values")
     return Sweep(name=name, base=base, base_dir=scenario_dir.resolve(), grid=tuple(grid), seeds=seeds, seed=seed,
-                 cells=tuple(cells), source=source, plugins=plugins)
+                 cells=tuple(cells), source=source, plugins=plugins, targets=targets)
 
 
 def _path_mapping(value: Any, where: str) -> dict[str, Any]:
@@ -293,6 +299,30 @@ def _parse_trace(raw: Any, grid: list[tuple[str, tuple[Scalar, ...]]]
                 raise ScenarioError(f"trace.{path}", f"{v!r} is not one of the grid values {list(allowed[path])}")
         chosen[path] = {format_value(v) for v in wanted}
     return lambda values: all(format_value(v) in chosen[p] for p, v in values if p in chosen)
+
+
+def _parse_targets(raw: Any, base: Mapping[str, Any]) -> tuple[float, ...]:
+    """``targets: [0.6, 0.75]``: test accuracies in (0, 1], distinct; the base must train."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ScenarioError("targets", f"must be a non-empty list of test accuracies in (0, 1], got {raw!r}")
+    targets = []
+    for k, value in enumerate(raw):
+        x = check_number(value, f"targets[{k}]")
+        if not 0 < x <= 1:
+            raise ScenarioError(f"targets[{k}]", f"must be a test accuracy in (0, 1], got {value!r}")
+        if x in targets:
+            raise ScenarioError(f"targets[{k}]", f"{value!r} is given twice")
+        targets.append(x)
+    if base.get("training") is None:
+        raise ScenarioError("targets", "accuracy targets need a base scenario with a training: section")
+    return tuple(targets)
+
+
+def target_column(target: float) -> str:
+    """The results.parquet column of an accuracy target: ``time_to_accuracy_0.75``."""
+    return f"time_to_accuracy_{target:g}"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -344,51 +374,67 @@ class CellOutcome:
 
 
 def run_cell(job: CellJob) -> CellOutcome:
-    """Simulate one cell and return its run folder as bytes (summary.json included), or the error."""
-    from fedsim.report import write_run
-    from fedsim.run import simulate
-
+    """Run one cell as ``fedsim run`` does and return its run folder as bytes (summary.json
+    included, no figures), or the error."""
     try:
         for module, folder in job.plugins:
             import_near(module, folder, "plugins")
         scenario = parse_scenario(job.scenario, base_dir=job.base_dir)
         with tempfile.TemporaryDirectory(prefix="fedsim-cell-") as tmp:
             folder = Path(tmp)
-            result = simulate(scenario, trace=folder / "trace.parquet" if job.trace else None)
-            write_run(result, folder, plots=False)
+            _run_into(scenario, folder, job.trace)
             files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
     except Exception as exc:  # noqa: BLE001 -- a failing cell is recorded, the sweep goes on
         return CellOutcome(job.name, {}, f"{type(exc).__name__}: {exc}".splitlines()[0])
     return CellOutcome(job.name, files, None)
 
 
-def _normalised(scenario: Mapping[str, Any], base_dir: Path) -> Any:
-    """The cell's scenario as summary.json records it (parsed, defaults filled, through JSON)."""
-    from fedsim.report import _json_value
+def _run_into(scenario: Any, folder: Path, trace: bool) -> None:
+    """The run of ``fedsim run`` (training and FedAvg included) into ``folder``, without figures."""
+    from fedsim.report import write_run
+    from fedsim.run import simulate
 
-    return json.loads(json.dumps(_json_value(parse_scenario(scenario, base_dir=base_dir).to_dict())))
+    trace_file = folder / "trace.parquet" if trace else None
+    if scenario.training is None:
+        write_run(simulate(scenario, trace=trace_file), folder, plots=False)
+        return
+    from fedsim.training.session import TrainingSession
+
+    session = TrainingSession(scenario, folder)
+    if session.synchronous:
+        session.write_rounds(session.run_rounds())
+        return
+    result = simulate(scenario, observers=[session.observer], trace=trace_file)
+    extra = session.finish()
+    write_run(result, folder, plots=False, extra=extra, columns=session.client_columns())
 
 
-def cell_complete(cell: Cell, folder: Path, base_dir: Path) -> bool:
-    """The folder holds this cell's finished run: summary.json of the same scenario (and its trace)."""
+def cell_record(cell: Cell) -> dict[str, Any]:
+    """The content of a cell folder's cell.json: what the cell was run from."""
+    return json.loads(json.dumps({"cell": cell.name, "scenario": cell.scenario, "trace": cell.trace}))
+
+
+def cell_complete(cell: Cell, folder: Path) -> bool:
+    """The folder holds this cell's finished run: summary.json, and cell.json of the same input
+    (scenario mapping and trace), and the trace when the cell has one."""
     try:
-        recorded = json.loads((folder / SUMMARY_FILE).read_text())["scenario"]
-    except (OSError, ValueError, KeyError):
+        if not (folder / SUMMARY_FILE).exists() or json.loads((folder / CELL_FILE).read_text()) != cell_record(cell):
+            return False
+    except (OSError, ValueError):
         return False
-    if cell.trace and not (folder / "trace.parquet").exists():
-        return False
-    return recorded == _normalised(cell.scenario, base_dir)
+    return not cell.trace or (folder / "trace.parquet").exists()
 
 
-def write_cell(outcome: CellOutcome, folder: Path) -> None:
-    """Write a cell's files atomically, summary.json last (it marks the folder complete)."""
-    from fedsim.report import atomic_write
+def write_cell(outcome: CellOutcome, cell: Cell, folder: Path) -> None:
+    """Write a cell's files atomically, then cell.json, summary.json last (it marks the folder complete)."""
+    from fedsim.report import atomic_write, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
-    order = sorted(outcome.files, key=lambda name: name == SUMMARY_FILE)
-    for name in order:
-        data = outcome.files[name]
-        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    for name, data in outcome.files.items():
+        if name != SUMMARY_FILE:
+            atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    write_json(folder / CELL_FILE, cell_record(cell))
+    atomic_write(folder / SUMMARY_FILE, lambda tmp: tmp.write_bytes(outcome.files[SUMMARY_FILE]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,14 +454,16 @@ def _run_in_process(jobs: list[CellJob], done: Callable[[CellOutcome], None]) ->
         done(run_cell(job))
 
 
-def _run_pool(jobs: list[CellJob], workers: int, done: Callable[[CellOutcome], None]) -> None:
-    """A local process pool. Workers fork from a fresh server process that has fedsim imported."""
+def _run_pool(jobs: list[CellJob], workers: int, done: Callable[[CellOutcome], None], trains: bool = False) -> None:
+    """A local process pool. Workers fork from a fresh server process that has fedsim imported
+    (and torch with the training modules when a cell ``trains``)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["fedsim.sweep", "fedsim.run", "fedsim.report"])
+        context.set_forkserver_preload(["fedsim.sweep", "fedsim.run", "fedsim.report"]
+                                       + (["fedsim.training.session"] if trains else []))
     else:
         context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context)
@@ -491,6 +539,7 @@ class SweepReport:
     ran: int
     failed: dict[str, str]  # cell name -> error
     results: Path
+    training: Path | None  # training.parquet, when a cell trains
     wall_seconds: float
 
 
@@ -512,11 +561,12 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
         from fedsim.report import atomic_write, write_json
 
         write_json(out / MANIFEST_FILE, sweep.manifest())
-        todo = [c for c in sweep.cells if not cell_complete(c, cells_dir / c.name, sweep.base_dir)]
+        todo = [c for c in sweep.cells if not cell_complete(c, cells_dir / c.name)]
         for c in todo:  # a stale summary.json must not mark a half-rewritten folder complete
             (cells_dir / c.name / SUMMARY_FILE).unlink(missing_ok=True)
         plugins = registered_modules()
         jobs = [CellJob(c.name, c.scenario, sweep.base_dir, c.trace, plugins) for c in todo]
+        by_name = {c.name: c for c in todo}
         failed: dict[str, str] = {}
         bar = None
         if progress:
@@ -527,7 +577,7 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
 
         def done(outcome: CellOutcome) -> None:
             if outcome.error is None:
-                write_cell(outcome, cells_dir / outcome.name)
+                write_cell(outcome, by_name[outcome.name], cells_dir / outcome.name)
             else:
                 failed[outcome.name] = outcome.error
             if bar is not None:
@@ -541,29 +591,62 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
             elif (workers or available_cores()) == 1 or len(jobs) == 1:
                 _run_in_process(jobs, done)
             else:
-                _run_pool(jobs, workers or available_cores(), done)
+                _run_pool(jobs, workers or available_cores(), done,
+                          trains=any(c.scenario.get("training") is not None for c in todo))
         finally:
             if bar is not None:
                 bar.close()
     table = collect_results(sweep, out, failed)
     atomic_write(out / RESULTS_FILE, lambda tmp: table.to_parquet(tmp, index=False))
+    curves = collect_training(sweep, out, failed)
+    if curves is not None:
+        atomic_write(out / TRAINING_FILE, lambda tmp: curves.to_parquet(tmp, index=False))
+    else:
+        (out / TRAINING_FILE).unlink(missing_ok=True)
     return SweepReport(cells=len(sweep.cells), skipped=len(sweep.cells) - len(todo), ran=len(todo),
                        failed={c.name: failed[c.name] for c in sweep.cells if c.name in failed},
-                       results=out / RESULTS_FILE, wall_seconds=time.perf_counter() - start)
+                       results=out / RESULTS_FILE, training=out / TRAINING_FILE if curves is not None else None,
+                       wall_seconds=time.perf_counter() - start)
 
 
-def cell_rows(cell: Cell, folder: Path) -> pd.DataFrame:
-    """The rows of a complete cell: clients.csv, its group's figures and the summary scalars."""
+def _cell_columns(cell: Cell) -> dict[str, Any]:
+    """The columns every row of a cell starts with: the cell, its grid values and its seed."""
+    return {"cell": cell.name, **dict(cell.values), "seed_index": cell.seed_index, "seed": cell.seed}
+
+
+def _repeated(columns: Mapping[str, Any], n: int) -> pd.DataFrame:
+    """n rows holding the same values."""
+    return pd.DataFrame({k: [v] * n for k, v in columns.items()})
+
+
+def cell_rows(cell: Cell, folder: Path, targets: tuple[float, ...] = ()) -> pd.DataFrame:
+    """The rows of a complete cell: clients.csv, its group's figures and the summary's scalars,
+    the concurrency and routing it ran with, and the time its training reached each target.
+
+    ``concurrency`` and ``routing`` (unless they are grid paths) are those of the scenario as
+    run, so the ones the optimiser chose under ``routing: optimal-*``; ``optimized_for`` is the
+    objective that chose them (null otherwise). ``time_to_accuracy_<a>``: the simulated time
+    of the first evaluation with test accuracy >= a (null if never reached).
+    """
     summary = json.loads((folder / SUMMARY_FILE).read_text())
-    clients = pd.read_csv(folder / "clients.csv")
-    groups = pd.DataFrame(summary["groups"])
-    groups = groups.rename(columns={c: f"group_{c.removesuffix('_group')}" for c in groups.columns if c != "group"})
-    rows = clients.merge(groups, on="group", how="left", sort=False)
-    scalars = {k: v for k, v in summary.items() if k not in ("scenario", "groups", "seed")}
-    head = {"cell": cell.name, **dict(cell.values), "seed_index": cell.seed_index, "seed": cell.seed,
-            "status": "ok", "error": None}
-    return pd.concat([pd.DataFrame({k: [v] * len(rows) for k, v in head.items()}), rows,
-                      pd.DataFrame({k: [v] * len(rows) for k, v in scalars.items()})], axis=1)
+    rows = pd.read_csv(folder / "clients.csv")
+    if "groups" in summary:  # FedAvg runs rounds, not the network: no per-group staleness
+        groups = pd.DataFrame(summary["groups"])
+        groups = groups.rename(columns={c: f"group_{c.removesuffix('_group')}" for c in groups.columns
+                                        if c != "group"})
+        rows = rows.merge(groups, on="group", how="left", sort=False)
+    scenario = summary["scenario"]
+    ran = {key: scenario[key] for key in ("concurrency", "routing") if key not in dict(cell.values)}
+    ran["optimized_for"] = (scenario.get("optimization") or {}).get("objective")
+    scalars = {k: v for k, v in summary.items() if k not in ("scenario", "seed")
+               and (v is None or isinstance(v, (bool, int, float, str)))}
+    if targets:
+        curve = pd.read_csv(folder / CURVE_FILE)
+        for target in targets:
+            reached = curve.loc[curve["test_accuracy"] >= target, "sim_time"]
+            scalars[target_column(target)] = float(reached.iloc[0]) if len(reached) else None
+    head = _cell_columns(cell) | {"status": "ok", "error": None} | ran
+    return pd.concat([_repeated(head, len(rows)), rows, _repeated(scalars, len(rows))], axis=1)
 
 
 def collect_results(sweep: Sweep, out: Path, failed: Mapping[str, str]) -> pd.DataFrame:
@@ -572,15 +655,38 @@ def collect_results(sweep: Sweep, out: Path, failed: Mapping[str, str]) -> pd.Da
     for cell in sweep.cells:
         folder = out / CELLS_DIR / cell.name
         if cell.name not in failed and (folder / SUMMARY_FILE).exists():
-            frames.append(cell_rows(cell, folder))
+            frames.append(cell_rows(cell, folder, sweep.targets))
         else:
             error = failed.get(cell.name, "no result (the cell did not run)")
-            frames.append(pd.DataFrame([{"cell": cell.name, **dict(cell.values), "seed_index": cell.seed_index,
-                                         "seed": cell.seed, "status": "error", "error": error}]))
+            frames.append(pd.DataFrame([_cell_columns(cell) | {"status": "error", "error": error}]))
     return pd.concat(frames, ignore_index=True)
+
+
+def collect_training(sweep: Sweep, out: Path, failed: Mapping[str, str]) -> pd.DataFrame | None:
+    """training.parquet: every successful cell's learning curve (its training.csv), one row per
+    evaluation: the cell, its grid values and seed, ``update``, ``time`` (simulated),
+    ``accuracy`` (test), ``loss`` (training loss (1/n) sum_i f_i), ``test_loss``. None when no
+    cell trains."""
+    frames = []
+    for cell in sweep.cells:
+        path = out / CELLS_DIR / cell.name / CURVE_FILE
+        if cell.name in failed or not path.exists():
+            continue
+        curve = pd.read_csv(path)
+        frames.append(pd.concat([_repeated(_cell_columns(cell), len(curve)),
+                                 pd.DataFrame({"update": curve["update"], "time": curve["sim_time"],
+                                               "accuracy": curve["test_accuracy"], "loss": curve["train_loss"],
+                                               "test_loss": curve["test_loss"]})], axis=1))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def load_results(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """results.parquet and sweep.json of a sweep folder."""
     out = Path(out)
     return pd.read_parquet(out / RESULTS_FILE), json.loads((out / MANIFEST_FILE).read_text())
+
+
+def load_training(out: str | Path) -> pd.DataFrame | None:
+    """training.parquet of a sweep folder, or None when no cell trains."""
+    path = Path(out) / TRAINING_FILE
+    return pd.read_parquet(path) if path.exists() else None

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO
 from fedsim.cli import main
@@ -22,7 +23,7 @@ from fedsim.errors import ScenarioError
 from fedsim.report import write_run
 from fedsim.run import simulate
 from fedsim.scenario import parse_scenario
-from fedsim.sweep import CELLS_DIR, load_results, parse_sweep, run_sweep, split_path
+from fedsim.sweep import CELLS_DIR, load_results, load_training, parse_sweep, run_sweep, split_path
 
 BASE = {
     "name": "sweep-test",
@@ -122,7 +123,9 @@ def test_a_cell_is_an_ordinary_run_folder(reference, tmp_path):
     result = simulate(parse_scenario(cell.scenario), trace=tmp_path / "trace.parquet")
     write_run(result, tmp_path, plots=False)
     folder = reference / CELLS_DIR / cell.name
-    assert sorted(p.name for p in folder.iterdir()) == ["clients.csv", "summary.json", "trace.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["cell.json", "clients.csv", "summary.json", "trace.parquet"]
+    assert json.loads((folder / "cell.json").read_text()) == {"cell": cell.name, "scenario": cell.scenario,
+                                                               "trace": True}
     assert (folder / "clients.csv").read_bytes() == (tmp_path / "clients.csv").read_bytes()
     assert (folder / "trace.parquet").read_bytes() == (tmp_path / "trace.parquet").read_bytes()
 
@@ -171,7 +174,10 @@ BAD = [
     ({"trace": {"routing": "uniform"}}, "trace.routing: unknown field; allowed: concurrency"),
     ({"trace": {"concurrency": 7}}, "trace.concurrency: 7 is not one of the grid values [1, 2]"),
     ({"seeds": 0}, "seeds: must be an integer >= 1, got 0"),
-    ({"colour": "red"}, "colour: unknown field; allowed: name, scenario"),
+    ({"colour": "red"}, "colour: unknown field; allowed: name, plugins, scenario"),
+    ({"targets": [0.5]}, "targets: accuracy targets need a base scenario with a training: section"),
+    ({"targets": [0.5, 1.5]}, "targets[1]: must be a test accuracy in (0, 1], got 1.5"),
+    ({"targets": 0.5}, "targets: must be a non-empty list of test accuracies in (0, 1], got 0.5"),
 ]
 
 
@@ -299,6 +305,97 @@ def test_process_pool_and_ray_give_the_same_results(reference, tmp_path):
     pd.testing.assert_frame_equal(frame(tmp_path / "pool"), frame(reference))
     pd.testing.assert_frame_equal(frame(tmp_path / "ray"), frame(reference))
     assert cell_files(tmp_path / "ray") == cell_files(tmp_path / "pool") == cell_files(reference)
+
+
+# ---------------------------------------------------------------------------------------
+# sweeps that train: every cell is what `fedsim run` runs
+
+TRAIN_BASE = {
+    "name": "train-sweep",
+    "seed": 5,
+    "concurrency": 3,
+    "horizon": {"updates": 300},
+    "clients": [{"group": "fast", "count": 3, "service": {"dist": "exponential", "rate": 3.0}},
+                {"group": "slow", "count": 3, "service": {"dist": "exponential", "rate": 1.0}}],
+    "training": {"dataset": {"name": "synthetic", "dim": 8, "classes": 3, "samples": 30}, "model": "logistic",
+                 "algorithm": {"name": "generalized_async_sgd", "lr": 0.05, "batch_size": 8},
+                 "eval": {"every_updates": 50}},
+}
+# 2 learning rates x 2 seeds of 300 updates of a logistic model (about 0.3 s each)
+TRAIN_SWEEP = {"name": "lr", "scenario": TRAIN_BASE, "grid": {"training.algorithm.lr": [0.02, 0.3]}, "seeds": 2,
+               "targets": [0.5, 0.7]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    report = run_sweep(parse_sweep(TRAIN_SWEEP, base_dir=REPO), out, workers=1)
+    assert report.ran == 4 and not report.failed and report.training == out / "training.parquet"
+    return out
+
+
+def test_a_grid_over_the_learning_rate_gives_different_cells_with_accuracies(trained, tmp_path):
+    df, manifest = load_results(trained)
+    assert manifest["targets"] == [0.5, 0.7]
+    cells = df.drop_duplicates("cell").set_index("cell")
+    assert cells["final_accuracy"].between(0, 1).all() and (cells["best_accuracy"] >= cells["final_accuracy"]).all()
+    for seed in (5, 6):  # one seed, two learning rates: other models on the same queueing sample path
+        slow, fast = (cells[(cells["seed"] == seed) & (cells["training.algorithm.lr"] == lr)].iloc[0] for lr in (0.02, 0.3))
+        assert slow["final_train_loss"] != fast["final_train_loss"]
+        assert slow["sim_time"] == fast["sim_time"] and slow["throughput_sim"] == fast["throughput_sim"]
+    curves = load_training(trained)
+    assert list(curves.columns) == ["cell", "training.algorithm.lr", "seed_index", "seed", "update", "time",
+                                    "accuracy", "loss", "test_loss"]
+    assert curves.groupby("cell")["update"].apply(list).map(lambda u: u == list(range(0, 301, 50))).all()
+    for name, curve in curves.groupby("cell"):  # the time to reach a target, computed again from the curve
+        assert curve["accuracy"].iloc[-1] == pytest.approx(cells.loc[name, "final_accuracy"], rel=1e-9)  # 10 digits
+        for target in (0.5, 0.7):
+            hits = curve.loc[curve["accuracy"] >= target, "time"]
+            expected = hits.iloc[0] if len(hits) else None
+            assert pd.isna(cells.loc[name, f"time_to_accuracy_{target:g}"]) == (expected is None)
+            if expected is not None:
+                assert cells.loc[name, f"time_to_accuracy_{target:g}"] == expected
+    # a cell is the run `fedsim run` makes of the cell's scenario
+    cell = parse_sweep(TRAIN_SWEEP, base_dir=REPO).cells[-1]
+    path = tmp_path / "cell.yaml"
+    path.write_text(yaml.safe_dump(dict(cell.scenario)))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    folder = trained / CELLS_DIR / cell.name
+    assert (folder / "clients.csv").read_bytes() == (tmp_path / "run" / "clients.csv").read_bytes()
+    curve = pd.read_csv(folder / "training.csv").drop(columns="wall_seconds")
+    pd.testing.assert_frame_equal(curve, pd.read_csv(tmp_path / "run" / "training.csv").drop(columns="wall_seconds"))
+
+
+def test_a_fedavg_base_is_swept_as_fedavg(tmp_path):
+    """FedAvg cells run rounds: no network staleness, a round count, the learning curve."""
+    base = copy.deepcopy(TRAIN_BASE)
+    base["training"]["algorithm"] = {"name": "fedavg", "lr": 0.05, "batch_size": 8, "local_steps": 2,
+                                     "clients_per_round": 3}
+    sweep = parse_sweep({"scenario": base, "grid": {"training.algorithm.lr": [0.05, 0.2]}, "targets": [0.7]},
+                        base_dir=REPO)
+    assert not run_sweep(sweep, tmp_path, workers=1).failed
+    df, _ = load_results(tmp_path)
+    assert (df["algorithm"] == "fedavg").all() and (df["rounds"] == 300 // 3).all()
+    assert not {"mean_staleness_sim", "staleness_analytic", "throughput_analytic"} & set(df.columns)
+    assert set(df["staleness_sim"].dropna()) <= {0.0}  # a FedAvg client computes on the current model
+    cells = df.drop_duplicates("cell")
+    assert cells["final_accuracy"].nunique() == 2 and cells["time_to_accuracy_0.7"].notna().all()
+    assert load_training(tmp_path)["cell"].nunique() == 2
+
+
+def test_optimal_routing_cells_record_the_concurrency_and_routing_chosen(tmp_path):
+    base = copy.deepcopy(BASE) | {"routing": "optimal-wall-clock",
+                                  "optimization": {"A": 2.0, "L": 0.5, "S": 1.0, "eta": 0.05}}
+    del base["concurrency"], base["clients"][0]["routing_weight"]
+    sweep = parse_sweep({"scenario": base, "grid": {"optimization.budget": [20.0, 2000.0]}}, base_dir=REPO)
+    assert not run_sweep(sweep, tmp_path, workers=1).failed
+    df, _ = load_results(tmp_path)
+    assert (df["optimized_for"] == "wall-clock").all() and (df["routing"] == "weights").all()
+    for cell in sweep.cells:  # what the optimiser chooses for the cell's scenario, computed again
+        chosen = parse_scenario(cell.scenario)
+        rows = df[df["cell"] == cell.name]
+        assert (rows["concurrency"] == chosen.concurrency).all() and rows["p"].to_numpy() == pytest.approx(chosen.p)
+    assert df.drop_duplicates("cell")["concurrency"].nunique() == 2  # the budget moves the optimum
 
 
 # ---------------------------------------------------------------------------------------
