@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sweep.py
 
 plots: $(STAMP)
-	$(PY) analysis/sweep_plots.py $(RESULTS)
+	$(VENV)/bin/fedsim plot $(RESULTS)
 
 # optimised routing and concurrency against AsyncSGD, real training (docs/optimization.md)
 experiment: $(STAMP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from fedsim.report import write_run
 from fedsim.run import simulate
 from fedsim.scenario import parse_scenario
 from fedsim.sweep import CELLS_DIR, load_results, load_training, parse_sweep, run_sweep, split_path
+from fedsim.sweep_plots import make_figures, seed_interval, staleness_bins
 
 BASE = {
     "name": "sweep-test",
@@ -293,20 +293,6 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(reference, tmp_path, mon
     assert run_sweep(more, tmp_path, workers=1).ran == 6
 
 
-def test_process_pool_and_ray_give_the_same_results(reference, tmp_path):
-    """The same cells on a local process pool and on a local Ray instance (2 CPUs)."""
-    pytest.importorskip("ray")
-    sweep = parse_sweep(SWEEP, base_dir=REPO)
-    assert not run_sweep(sweep, tmp_path / "pool", workers=2).failed
-    assert not run_sweep(sweep, tmp_path / "ray", workers=2, ray="local").failed
-    import ray
-
-    assert not ray.is_initialized()  # the session run_sweep opened is shut down
-    pd.testing.assert_frame_equal(frame(tmp_path / "pool"), frame(reference))
-    pd.testing.assert_frame_equal(frame(tmp_path / "ray"), frame(reference))
-    assert cell_files(tmp_path / "ray") == cell_files(tmp_path / "pool") == cell_files(reference)
-
-
 # ---------------------------------------------------------------------------------------
 # sweeps that train: every cell is what `fedsim run` runs
 
@@ -398,18 +384,65 @@ def test_optimal_routing_cells_record_the_concurrency_and_routing_chosen(tmp_pat
     assert df.drop_duplicates("cell")["concurrency"].nunique() == 2  # the budget moves the optimum
 
 
+def test_process_pool_and_ray_give_the_same_results(reference, trained, tmp_path):
+    """The queueing sweep, the sweep that trains and the plug-in example of docs/extending.md,
+    on a local process pool and on one local Ray instance (2 CPUs), against in-process runs."""
+    pytest.importorskip("ray")
+    import ray
+
+    from fedsim.sweep import load_sweep, ray_session
+
+    sweeps = {"tiny": (parse_sweep(SWEEP, base_dir=REPO), reference),
+              "train": (parse_sweep(TRAIN_SWEEP, base_dir=REPO), trained),
+              "example": (load_sweep(REPO / "examples" / "plugins" / "sweep.yaml"), tmp_path / "example")}
+    assert not run_sweep(sweeps["example"][0], tmp_path / "example", workers=1).failed
+    runs = [(name, "ray") for name in sweeps] + [("tiny", "pool"), ("train", "pool")]  # the example's pool: test_plugins
+    for name in ("tiny", "train"):
+        assert not run_sweep(sweeps[name][0], tmp_path / f"{name}-pool", workers=2).failed
+    with ray_session("local", 2):  # one Ray start for the three sweeps
+        for name, (sweep, _) in sweeps.items():
+            assert not run_sweep(sweep, tmp_path / f"{name}-ray", workers=2, ray="local").failed
+    assert not ray.is_initialized()  # the session opened here is shut down
+    for name, executor in runs:
+        pd.testing.assert_frame_equal(frame(tmp_path / f"{name}-{executor}"), frame(sweeps[name][1]))
+    for executor in ("pool", "ray"):
+        pd.testing.assert_frame_equal(load_training(tmp_path / f"train-{executor}"), load_training(trained))
+    assert cell_files(tmp_path / "tiny-ray") == cell_files(tmp_path / "tiny-pool") == cell_files(reference)
+
+
 # ---------------------------------------------------------------------------------------
 # figures
 
 
-def test_sweep_figures_are_written(reference, tmp_path):
-    spec = importlib.util.spec_from_file_location("sweep_plots", REPO / "analysis" / "sweep_plots.py")
-    plots = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plots)
-    written = plots.make_figures(reference, tmp_path, prefix="tiny_")
+def test_sweep_figures_are_written(reference, trained, tmp_path, capsys):
+    import matplotlib
+
+    style = dict(matplotlib.rcParams)
+    written = make_figures(reference, tmp_path, prefix="tiny_")
     assert sorted(p.name for p in written) == ["tiny_approximation_error.png", "tiny_group_staleness.png",
                                                "tiny_staleness_distribution.png", "tiny_throughput_staleness.png"]
-    assert all(p.stat().st_size > 20_000 for p in written)
-    # the interval over seeds: mean and t-interval of the values
-    mean, half = plots.seed_interval(pd.Series([1.0, 2.0, 3.0]))
-    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-6)
+    assert main(["plot", str(trained), "--out", str(tmp_path / "trained")]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "trained" / f) for f in ("accuracy_vs_time.png",
+                                                                                       "time_to_target.png")]
+    assert all(p.stat().st_size > 20_000 for p in [*written, *(tmp_path / "trained").iterdir()])
+    assert dict(matplotlib.rcParams) == style  # the figures change no global setting
+    # a sweep no figure fits: one line, exit 0
+    none = tmp_path / "none"
+    run_sweep(parse_sweep({"scenario": BASE | {"horizon": {"updates": 2000}}, "grid": {"concurrency": [2, 3]}},
+                          base_dir=REPO), none, workers=1)
+    assert main(["plot", str(none)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{none}: no figure fits this sweep") and out.count("\n") == 1
+    assert main(["plot", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: no results.parquet in this folder; run fedsim sweep first\n"
+
+
+def test_interval_over_seeds_and_integer_staleness_bins():
+    mean, half = seed_interval(pd.Series([1.0, 2.0, 3.0]))
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-6)  # t_{2, 0.975} sd / sqrt(3)
+    for top in (0, 7, 10, 11, 350, 12_345):
+        edges = staleness_bins(top)
+        assert edges[0] == -0.5 and edges[-1] == top + 0.5 and (np.diff(edges) >= 1).all()
+        assert (edges % 1 == 0.5).all()  # every bin holds whole values only
+        counts, _ = np.histogram(np.arange(top + 1), bins=edges)
+        assert counts.sum() == top + 1 and (counts[: min(top, 10) + 1] == 1).all()
