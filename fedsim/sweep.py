@@ -13,6 +13,7 @@ A sweep file names a base scenario and a grid of scenario fields, each by its *f
     seeds: 5                                # replications per grid point (default 1)
     seed: 2025                              # base seed (default: the base scenario's seed)
     trace: {concurrency: 20}                # optional: these cells also write trace.parquet
+    targets: [0.6, 0.75]                    # optional, base scenario that trains: time to these accuracies
 
 Cells. The cells are the product of the grid lists (in file order, the last path varying
 fastest) times the seed indices ``k = 0..seeds-1`` (innermost). Cell ``k`` of a grid point
@@ -20,7 +21,9 @@ runs with scenario seed ``seed + k``: the same seeds at every grid point (common
 numbers, so differences between grid points are not blurred by independent noise), and
 different seeds give independent streams because :class:`~fedsim.scenario.Streams` hashes
 the seed through ``numpy.random.SeedSequence``. The seed is fixed by the sweep file alone,
-so a cell gives the same run whichever executor runs it.
+so a cell gives the same run whichever executor runs it. A cell is the run ``fedsim run``
+makes of its scenario: with a ``training:`` section it trains (FedAvg runs its rounds), and
+``routing: optimal-*`` is optimised for the cell's own seed.
 
 Field paths. ``name(.name | [index])*``, resolved on the base scenario as written (the YAML
 mapping, after ``overrides``). Every step but the last must exist in the base (a list index
@@ -33,19 +36,23 @@ not a grid path (use ``seeds`` and ``seed``).
 
 Output folder::
 
-    OUT/sweep.json        the resolved sweep: base scenario, grid, seeds, the cells
-    OUT/cells/<cell>/     an ordinary run folder (summary.json, clients.csv[, trace.parquet])
-    OUT/results.parquet   one row per cell and client, written last
+    OUT/sweep.json        the resolved sweep: base scenario, grid, seeds, targets, the cells
+    OUT/cells/<cell>/     an ordinary run folder without figures (summary.json, clients.csv[,
+                          trace.parquet][, training.csv, model.pt]) and cell.json, its input
+    OUT/results.parquet   one row per cell and client (:func:`cell_rows`), written last
+    OUT/training.parquet  every learning curve (:func:`collect_training`), when cells train
 
 A cell folder is named by its grid values and seed, ``concurrency=20__seed=2025``. It is
-complete when its ``summary.json`` exists (it is written last, by atomic rename) and holds
-the cell's scenario; a rerun skips complete cells, so a killed sweep resumes where it
-stopped, and a grid extended with new values runs only the new cells.
+complete when its ``summary.json`` exists (it is written last, by atomic rename) and its
+``cell.json`` holds the cell's scenario mapping and trace flag; a rerun skips complete cells
+(without parsing them), so a killed sweep resumes where it stopped, and a grid extended with
+new values runs only the new cells.
 
 Execution. A cell is :func:`run_cell`: a picklable :class:`CellJob` in, the run folder's
 files as bytes out (``{"clients.csv": b"...", "summary.json": b"..."}``), or the error
 text. The driver process writes every folder, so Ray nodes need no shared file system.
-The same function runs in-process (``workers=1``), in a local process pool, or as Ray tasks.
+The same function runs in-process (``workers=1``), in a local process pool, or as Ray tasks;
+it first imports the plug-in modules of the driver (:mod:`fedsim.plugins`).
 A cell that raises records ``status = "error"`` and its message in results.parquet, and the
 sweep goes on.
 """
@@ -219,10 +226,11 @@ def _load_base(spec: Any, base_dir: Path) -> tuple[dict[str, Any], Path]:
 
 
 def _validate_cell(doc: dict[str, Any], base_dir: Path, values: tuple[tuple[str, Scalar], ...],
-                   added: set[str]) -> None:
-    """parse_scenario on a cell's mapping; errors are re-located on the grid path that caused them."""
+                   added: set[str]) -> Any:
+    """parse_scenario on a cell's mapping (the Scenario); errors are re-located on the grid
+    path that caused them."""
     try:
-        parse_scenario(doc, base_dir=base_dir)
+        return parse_scenario(doc, base_dir=base_dir)
     except ScenarioError as err:
         for path, value in values:
             if err.path == path:
@@ -263,7 +271,10 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
         cell_doc = copy.deepcopy(base)
         added = {path for path, value in values if not set_path(cell_doc, path, value, f"grid.{path}")}
         cell_doc["seed"] = seed
-        _validate_cell(cell_doc, scenario_dir, values, added)  # the seed (any integer >= 0) cannot spoil it
+        parsed = _validate_cell(cell_doc, scenario_dir, values, added)  # any seed >= 0 would parse as well
+        if trace(values) and parsed.training is not None and parsed.training.synchronous:
+            raise ScenarioError("trace", "FedAvg cells run rounds, not the asynchronous network: they have no "
+                                "trace of tasks; remove trace")
         for k in range(seeds):
             folder = "__".join([f"{p}={format_value(v)}" for p, v in values] + [f"seed={seed + k}"])
             cells.append(Cell(name=folder, values=values, seed_index=k, seed=seed + k,

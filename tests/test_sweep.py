@@ -360,6 +360,8 @@ def test_a_fedavg_base_is_swept_as_fedavg(tmp_path):
     sweep = parse_sweep({"scenario": base, "grid": {"training.algorithm.lr": [0.05, 0.2]}, "targets": [0.7]},
                         base_dir=REPO)
     assert not run_sweep(sweep, tmp_path, workers=1).failed
+    with pytest.raises(ScenarioError, match="^trace: FedAvg cells run rounds, not the asynchronous network"):
+        parse_sweep({"scenario": base, "trace": True}, base_dir=REPO)
     df, _ = load_results(tmp_path)
     assert (df["algorithm"] == "fedavg").all() and (df["rounds"] == 300 // 3).all()
     assert not {"mean_staleness_sim", "staleness_analytic", "throughput_analytic"} & set(df.columns)
@@ -385,21 +387,27 @@ def test_optimal_routing_cells_record_the_concurrency_and_routing_chosen(tmp_pat
 
 
 def test_process_pool_and_ray_give_the_same_results(reference, trained, tmp_path):
-    """The queueing sweep, the sweep that trains and the plug-in example of docs/extending.md,
-    on a local process pool and on one local Ray instance (2 CPUs), against in-process runs."""
+    """The queueing sweep, the sweep that trains and the plug-in examples of docs/extending.md
+    (a law and a routing; a dataset, a model factory and an update rule), on a local process
+    pool and on one local Ray instance (2 CPUs), against in-process runs."""
     pytest.importorskip("ray")
     import ray
 
     from fedsim.sweep import load_sweep, ray_session
 
+    example = REPO / "examples" / "plugins"
+    plugged = {"scenario": "training.yaml", "overrides": {"horizon": {"updates": 400}}, "seed": 1,
+               "grid": {"training.algorithm.power": [0.5, 2.0]}}  # the example's dataset, model and rule
     sweeps = {"tiny": (parse_sweep(SWEEP, base_dir=REPO), reference),
               "train": (parse_sweep(TRAIN_SWEEP, base_dir=REPO), trained),
-              "example": (load_sweep(REPO / "examples" / "plugins" / "sweep.yaml"), tmp_path / "example")}
-    assert not run_sweep(sweeps["example"][0], tmp_path / "example", workers=1).failed
+              "example": (load_sweep(example / "sweep.yaml"), tmp_path / "example"),
+              "plugged": (parse_sweep(plugged, base_dir=example), tmp_path / "plugged")}
+    for name in ("example", "plugged"):
+        assert not run_sweep(sweeps[name][0], tmp_path / name, workers=1).failed
     runs = [(name, "ray") for name in sweeps] + [("tiny", "pool"), ("train", "pool")]  # the example's pool: test_plugins
     for name in ("tiny", "train"):
         assert not run_sweep(sweeps[name][0], tmp_path / f"{name}-pool", workers=2).failed
-    with ray_session("local", 2):  # one Ray start for the three sweeps
+    with ray_session("local", 2):  # one Ray start for every sweep
         for name, (sweep, _) in sweeps.items():
             assert not run_sweep(sweep, tmp_path / f"{name}-ray", workers=2, ray="local").failed
     assert not ray.is_initialized()  # the session opened here is shut down
