@@ -16,6 +16,7 @@ import numpy as np
 
 from fedsim import __version__
 from fedsim.errors import RunStopped, ScenarioError
+from fedsim.optimize.objective import OBJECTIVES
 from fedsim.scenario import Scenario, load_scenario
 
 EXIT_USAGE = 2
@@ -178,12 +179,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from fedsim.optimize.report import compare, comparison_table, write_comparison
 
     scenario = load_scenario(args.scenario)
-    comparison = compare(scenario, budget=args.budget)
+    comparison = compare(scenario, budget=args.budget, target=args.target, weight=args.weight,
+                         objective=args.objective)
     spec = comparison.spec
     if comparison.estimates is not None:
         print(f"constants estimated from the training section: {comparison.estimates.describe()}")
     print(f"{scenario.name}: A = {spec.A:.4g}, L = {spec.L:.4g}, S = {spec.S:.4g}, eta = {spec.eta:.4g}; "
-          f"K = {spec.updates:.6g} updates (per-update), budget T = {spec.budget:.6g} (wall-clock); "
+          f"K = {spec.updates:.6g} updates (per-update), budget T = {spec.budget:.6g} (wall-clock), "
+          f"target eps = {spec.target:.6g} (time, energy; weight rho = {spec.weight:g}); "
           f"C in [{spec.c_min}, {spec.c_max}]")
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.scenario).stem}-optimize"
     paths = write_comparison(comparison, args.objective, out)
@@ -226,10 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--cell", help="the cell (folder name) of the staleness distribution; it needs trace.parquet")
     optimize = sub.add_parser("optimize", help="optimal routing and concurrency for the loss bound")
     optimize.add_argument("scenario")
-    optimize.add_argument("--objective", choices=["per-update", "wall-clock"], required=True,
-                          help="which optimum the written scenario gets (the table shows both)")
+    optimize.add_argument("--objective", choices=list(OBJECTIVES), required=True,
+                          help="which optimum the written scenario gets (the table shows them all)")
     optimize.add_argument("--budget", type=float, metavar="T",
                           help="simulated-time budget of the wall-clock objective (default optimization.budget)")
+    optimize.add_argument("--target", type=float, metavar="EPS",
+                          help="bound value the time and energy objectives reach (default optimization.target, "
+                          "else the bound of uniform routing with C = n at the budget)")
+    optimize.add_argument("--weight", type=float, metavar="RHO",
+                          help="rho of the time-energy objective rho E/E* + (1 - rho) T/T* "
+                          "(default optimization.weight, 0.5)")
     optimize.add_argument("--out", help="output folder (default results/<scenario file name>-optimize)")
     return parser
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import os
 
-import numpy as np
-import pytest
-import yaml
-from scipy import stats
+# One BLAS thread: the tests' matrices are small, and threads that spin for a core only slow
+# them down on a machine whose cores are busy (set before numpy is first imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from scipy import stats  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

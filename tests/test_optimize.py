@@ -26,7 +26,7 @@ from fedsim.optimize import (
     BoundConstants,
     GroupNetwork,
     Objective,
-    bound_profile,
+    objective_profile,
     bound_terms,
     bound_value_and_grad,
     mva_forward,
@@ -114,7 +114,7 @@ def torch_bound(counts, mu, q, C, c: BoundConstants, objective: Objective):
     torch = pytest.importorskip("torch")
     counts_t = torch.as_tensor(counts.astype(int))
     q_client = torch.repeat_interleave(q, counts_t)
-    log_rho = torch.log(q_client) - torch.log(torch.repeat_interleave(torch.as_tensor(mu), counts_t))
+    log_rho = torch.log(q_client) - torch.log(torch.repeat_interleave(torch.as_tensor(np.array(mu)), counts_t))
     minus_inf = torch.tensor(-np.inf, dtype=torch.float64)
     log_g = [torch.tensor(0.0, dtype=torch.float64)] + [minus_inf] * C
     for lr in log_rho:  # Buzen: g[k] += rho_i g[k-1], k = 1..C, in log space
@@ -238,7 +238,7 @@ def test_per_update_pushes_concurrency_down_and_wall_clock_does_not():
     wc_at_pu = bound_terms(network, per_update.q, per_update.concurrency, CONSTANTS, Objective.wall_clock(10.0))
     assert wall_clock.terms.total < 0.5 * wc_at_pu.total
     # and the envelope the search returns bounds the profile of the optimal routing
-    profile = bound_profile(network, wall_clock.q, CONSTANTS, Objective.wall_clock(10.0), network.n)
+    profile = objective_profile(network, wall_clock.q, CONSTANTS, Objective.wall_clock(10.0), network.n)
     assert np.all(wall_clock.envelope <= profile * (1 + 1e-12))
 
 
@@ -315,18 +315,24 @@ def test_cli_optimize_writes_a_runnable_scenario_table_and_figure(write_yaml, tm
     printed = capsys.readouterr().out
     assert "wall-clock optimum" in printed and "bound_wall_clock" in printed
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table["setting"]) == ["uniform, C = n", "scenario (uniform, C = 11)", "per-update optimum",
-                                      "wall-clock optimum"]
+    assert list(table["setting"]) == ["AsyncSGD (uniform, C = n)", "max-throughput routing (C = n)",
+                                      "scenario (uniform, C = 11)", "per-update optimum", "wall-clock optimum",
+                                      "time optimum"]
     for col in ("throughput", "mean_staleness", "staleness[slow]", "p[fast]", "optimisation_wall_clock",
-                "variance", "drift", "bound_per_update", "bound_wall_clock"):
+                "variance", "drift", "bound_per_update", "bound_wall_clock", "updates_to_target", "time_to_target"):
         assert col in table.columns
+    assert "energy_to_target" not in table.columns  # no power in this scenario
     np.testing.assert_allclose(table["mean_staleness"], table["concurrency"] - 1, atol=1e-9)
-    best = table.set_index("setting")["bound_wall_clock"]
-    assert best["wall-clock optimum"] == best.min()
+    rows = table.set_index("setting")
+    assert rows["bound_wall_clock"]["wall-clock optimum"] == rows["bound_wall_clock"].min()
+    assert rows["time_to_target"]["time optimum"] == rows["time_to_target"].min()
+    # the default target is AsyncSGD's bound at the budget: it takes AsyncSGD the budget to get there
+    assert rows["time_to_target"]["AsyncSGD (uniform, C = n)"] == pytest.approx(500.0, rel=1e-12)
+    assert rows["throughput"]["max-throughput routing (C = n)"] == rows["throughput"][rows["concurrency"] == 11].max()
     written = load_scenario(out / "scenario-wall-clock.yaml")
     opt = optimise(GroupNetwork(counts=np.array([10, 1]), mu=np.array([1.0, 0.02])), CONSTANTS,
                    Objective.wall_clock(500.0), c_max=40)
-    assert written.concurrency == opt.concurrency == table["concurrency"].iloc[3]
+    assert written.concurrency == opt.concurrency == rows["concurrency"]["wall-clock optimum"]
     np.testing.assert_allclose(written.p[[0, 10]], opt.q, rtol=1e-12)
     assert written.optimization.budget == 500.0
     assert (out / "objective_vs_C.png").stat().st_size > 20_000

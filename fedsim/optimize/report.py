@@ -1,28 +1,35 @@
-"""``fedsim optimize``: both optima of a scenario, compared with AsyncSGD's usual setting.
+"""``fedsim optimize``: the optima of a scenario, compared with AsyncSGD's usual setting.
 
 Output folder:
 
 * ``<scenario>-<objective>.yaml``: the scenario with ``routing: weights``, every group's
   optimal per-client probability as ``routing_weight``, the optimal ``concurrency`` and the
-  ``optimization:`` section with its constants (estimated ones included): ``fedsim run`` loads
-  it as it is. Relative file names in it (empirical service times, dataset folders) are those
-  of the original scenario, so write the folder next to it or use absolute names.
-* ``comparison.csv``: one row per setting: ``uniform, C = n`` (AsyncSGD), the scenario as
-  given, the per-update optimum and the wall-clock optimum. Columns: ``setting``,
-  ``concurrency``, ``throughput`` (lambda, updates per unit time), ``updates_in_budget``
-  (lambda T), ``mean_staleness`` (update-weighted, ``C - 1``), ``variance_factor``
-  (``sum_i 1 / (n^2 p_i)``), ``staleness_factor`` (``sum_i E[tau_i] / (n^2 p_i)``),
-  ``optimisation_per_update`` (``A / (eta K)``), ``optimisation_wall_clock``
-  (``A / (eta lambda T)``), ``variance`` and ``drift`` (the two other terms), ``bound_per_update``
-  and ``bound_wall_clock`` (the totals), then per group ``p[<group>]`` (per client) and
+  ``optimization:`` section with its constants (estimated ones included) and target: ``fedsim
+  run`` loads it as it is. Relative file names in it (empirical service times, dataset
+  folders) are those of the original scenario, so write the folder next to it or use absolute
+  names.
+* ``comparison.csv``: one row per setting: ``AsyncSGD (uniform, C = n)``, ``max-throughput
+  routing (C = n)`` (the routing that maximises lambda with one task per client), the scenario
+  as given, then the optimum of every objective: per-update, wall-clock, time and, when the
+  scenario gives power, energy and time-energy. Columns: ``setting``, ``concurrency``,
+  ``throughput`` (lambda, updates per unit time), ``updates_in_budget`` (lambda T),
+  ``mean_staleness`` (update-weighted, ``C - 1``), ``variance_factor`` (``sum_i 1 / (n^2 p_i)``),
+  ``staleness_factor`` (``sum_i E[tau_i] / (n^2 p_i)``), ``optimisation_per_update``
+  (``A / (eta K)``), ``optimisation_wall_clock`` (``A / (eta lambda T)``), ``variance`` and
+  ``drift`` (the two other terms), ``bound_per_update`` and ``bound_wall_clock`` (the totals),
+  ``updates_to_target`` (``K_eps``) and ``time_to_target`` (``T_eps = K_eps / lambda``, ``inf``
+  where the bound cannot reach the target); with power also ``power`` (watts),
+  ``energy_per_update`` (joules), ``energy_to_target`` (``E_eps``) and ``time_energy``
+  (``rho E_eps / E* + (1 - rho) T_eps / T*``); then per group ``p[<group>]`` (per client) and
   ``staleness[<group>]`` (``E[tau_i]``).
-* ``objective_vs_C.png``: both objectives against ``C``, best routing and uniform routing.
-* ``optimization.json``: constants (and how they were estimated), budget, both optima.
+* ``objective_vs_C.png``: every objective against ``C``, best routing and uniform routing.
+* ``optimization.json``: constants (and how they were estimated), budget, target, weight, the optima.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +40,25 @@ import yaml
 
 from fedsim import __version__
 from fedsim.errors import ScenarioError
-from fedsim.optimize.config import OptimizationSpec, complete_constants, group_network, parse_optimization
-from fedsim.optimize.objective import OBJECTIVES, GroupNetwork, bound_profile, bound_terms
-from fedsim.optimize.solver import Optimum, optimise
+from fedsim.optimize.config import (
+    OptimizationSpec,
+    complete_constants,
+    group_network,
+    parse_optimization,
+    with_default_target,
+)
+from fedsim.optimize.objective import ENERGY_OBJECTIVES, OBJECTIVES, GroupNetwork, bound_terms, objective_profile
+from fedsim.optimize.solver import Optimum, max_throughput_routing, optimise
 from fedsim.scenario import Scenario
 
-__all__ = ["Comparison", "Setting", "compare", "comparison_table", "objective_figure", "with_budget",
-           "write_comparison"]
+__all__ = ["ASYNCSGD", "MAX_THROUGHPUT", "Comparison", "Setting", "compare", "comparison_table", "objective_figure",
+           "with_budget", "write_comparison"]
+
+ASYNCSGD = "AsyncSGD (uniform, C = n)"
+MAX_THROUGHPUT = "max-throughput routing (C = n)"
+#: What each objective's figure panel shows on its y axis.
+VALUE_LABELS = {"per-update": "bound B(p, C)", "wall-clock": "bound B(p, C)", "time": "time to target T_eps",
+                "energy": "energy to target E_eps", "time-energy": "rho E/E* + (1 - rho) T/T*"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,8 @@ class Setting:
 
 @dataclass(frozen=True)
 class Comparison:
-    """What ``fedsim optimize`` computes for a scenario."""
+    """What ``fedsim optimize`` computes for a scenario. ``optima`` maps each objective to its
+    optimum (the energy objectives only when the scenario gives power)."""
 
     scenario: Scenario
     spec: OptimizationSpec
@@ -63,36 +83,59 @@ class Comparison:
     settings: tuple[Setting, ...]
 
 
-def compare(scenario: Scenario, budget: float | None = None) -> Comparison:
-    """Both optima of ``scenario`` (constants from its ``optimization:`` section, or estimated).
+def compare(scenario: Scenario, budget: float | None = None, target: float | None = None,
+            weight: float | None = None, objective: str | None = None) -> Comparison:
+    """Every optimum of ``scenario`` (constants from its ``optimization:`` section, or estimated).
 
-    ``budget`` overrides the wall-clock budget ``T``.
+    ``budget``, ``target`` and ``weight`` override the section's ``T``, ``eps`` and ``rho``;
+    ``objective``, the one the caller wants, is checked first (the energy objectives need power).
     """
+    if objective in ENERGY_OBJECTIVES and group_network(scenario.groups, scenario.server,
+                                                        scenario.server_power).power is None:
+        raise ScenarioError("clients", f"the {objective} objective needs power: give clients[k].power "
+                            "(and server_power with a server), not all 0 W")
     spec = scenario.optimization
     if spec is None:
-        spec = parse_optimization(None, scenario.groups, scenario.horizon)
+        spec = parse_optimization(None, scenario.groups, scenario.horizon, scenario.server)
     spec, estimates = complete_constants(spec, scenario.training, scenario.groups, scenario.seed)
-    return _optimise_both(scenario, spec, estimates, budget)
+    return _optimise_all(scenario, spec, estimates, budget, target, weight)
 
 
 def with_budget(comparison: Comparison, budget: float) -> Comparison:
-    """The same comparison for another wall-clock budget (the constants are not estimated again)."""
-    return _optimise_both(comparison.scenario, comparison.spec, comparison.estimates, budget)
+    """The same comparison for another wall-clock budget (the constants are not estimated again;
+    a default target follows the budget)."""
+    given = comparison.scenario.optimization
+    spec = dataclasses.replace(comparison.spec, target=None if given is None else given.target)
+    return _optimise_all(comparison.scenario, spec, comparison.estimates, budget, None, None)
 
 
-def _optimise_both(scenario: Scenario, spec: OptimizationSpec, estimates: Any, budget: float | None) -> Comparison:
-    if budget is not None:
-        if not (np.isfinite(budget) and budget > 0):
-            raise ScenarioError("--budget", f"must be a positive number, got {budget}")
-        spec = dataclasses.replace(spec, budget=float(budget))
-    network = group_network(scenario.groups)
-    optima = {name: optimise(network, spec.constants, spec.objective_named(name), c_min=spec.c_min,
-                             c_max=spec.c_max) for name in OBJECTIVES}
+def _optimise_all(scenario: Scenario, spec: OptimizationSpec, estimates: Any, budget: float | None,
+                  target: float | None, weight: float | None) -> Comparison:
+    for flag, value, high in (("--budget", budget, math.inf), ("--target", target, math.inf), ("--weight", weight, 1.0)):
+        if value is not None and not (np.isfinite(value) and (value >= 0 if flag == "--weight" else value > 0)
+                                      and value <= high):
+            allowed = "a number in [0, 1]" if flag == "--weight" else "a positive number"
+            raise ScenarioError(flag, f"must be {allowed}, got {value}")
+    overrides = {k: float(v) for k, v in (("budget", budget), ("target", target), ("weight", weight)) if v is not None}
+    network = group_network(scenario.groups, scenario.server, scenario.server_power)
+    spec = with_default_target(dataclasses.replace(spec, **overrides), network)
+    optima: dict[str, Optimum] = {}
+    names = ["time"] + (["energy", "time-energy"] if network.power is not None else []) + ["per-update", "wall-clock"]
+    for name in names:  # those with a target first: they fail if it is out of reach
+        scales = {}
+        if name == "time-energy":
+            scales = {"time_scale": optima["time"].terms.value, "energy_scale": optima["energy"].terms.value}
+        try:
+            optima[name] = optimise(network, spec.constants, spec.objective_named(name, **scales),
+                                    c_min=spec.c_min, c_max=spec.c_max)
+        except ValueError as err:
+            raise ScenarioError("optimization.target", str(err)) from None
+    optima = {name: optima[name] for name in OBJECTIVES if name in optima}
     first = np.cumsum([0] + [g.count for g in scenario.groups[:-1]])
     settings = (
-        Setting("uniform, C = n", network.n, network.uniform()),
-        Setting(f"scenario ({scenario.routing}, C = {scenario.concurrency})", scenario.concurrency,
-                scenario.p[first]),
+        Setting(ASYNCSGD, network.n, network.uniform()),
+        Setting(MAX_THROUGHPUT, network.n, max_throughput_routing(network, network.n).q),
+        Setting(f"scenario ({scenario.routing}, C = {scenario.concurrency})", scenario.concurrency, scenario.p[first]),
         *(Setting(f"{name} optimum", opt.concurrency, opt.q) for name, opt in optima.items()),
     )
     return Comparison(scenario=scenario, spec=spec, estimates=estimates, network=network, optima=optima,
@@ -102,18 +145,25 @@ def _optimise_both(scenario: Scenario, spec: OptimizationSpec, estimates: Any, b
 def comparison_table(comparison: Comparison) -> pd.DataFrame:
     """The comparison table (columns in the module docstring), one row per setting."""
     c = comparison
-    per_update, wall_clock = (c.spec.objective_named(name) for name in OBJECTIVES)
+    per_update, wall_clock, time = (c.spec.objective_named(name) for name in ("per-update", "wall-clock", "time"))
+    joint = c.optima["time-energy"].objective if "time-energy" in c.optima else None
     rows = []
     for s in c.settings:
         pu = bound_terms(c.network, s.q, s.concurrency, c.spec.constants, per_update)
         wc = bound_terms(c.network, s.q, s.concurrency, c.spec.constants, wall_clock)
+        tt = bound_terms(c.network, s.q, s.concurrency, c.spec.constants, time)
         row: dict[str, Any] = {
             "setting": s.label, "concurrency": s.concurrency, "throughput": wc.throughput,
             "updates_in_budget": wc.updates, "mean_staleness": float(c.network.counts * s.q @ wc.staleness),
             "variance_factor": wc.variance_factor, "staleness_factor": wc.staleness_factor,
             "optimisation_per_update": pu.optimisation, "optimisation_wall_clock": wc.optimisation,
             "variance": wc.variance, "drift": wc.drift, "bound_per_update": pu.total, "bound_wall_clock": wc.total,
+            "updates_to_target": tt.updates, "time_to_target": tt.time_to_target,
         }
+        if joint is not None:
+            row |= {"power": tt.power, "energy_per_update": tt.energy_per_update,
+                    "energy_to_target": tt.energy_to_target,
+                    "time_energy": bound_terms(c.network, s.q, s.concurrency, c.spec.constants, joint).value}
         for g, q, tau in zip(c.scenario.groups, s.q, wc.staleness):
             row[f"p[{g.name}]"] = q
             row[f"staleness[{g.name}]"] = tau
@@ -135,7 +185,7 @@ def optimised_document(comparison: Comparison, objective: str) -> dict[str, Any]
 
 
 def objective_figure(comparison: Comparison):
-    """Both objectives against ``C``: best routing found, uniform routing, the optimum marked."""
+    """Every objective against ``C``: best routing found, uniform routing, the optimum marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,26 +194,35 @@ def objective_figure(comparison: Comparison):
 
     c = comparison
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    cols = min(3, len(c.optima))
+    rows = -(-len(c.optima) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
     palette = sns.color_palette("deep")
-    for ax, name in zip(axes, OBJECTIVES):
-        opt = c.optima[name]
+    for ax in axes.flat[len(c.optima):]:
+        ax.set_visible(False)
+    for ax, (name, opt) in zip(axes.flat, c.optima.items()):
         Cs = np.arange(opt.c_min, opt.c_max + 1)
-        objective = c.spec.objective_named(name)
-        uniform = bound_profile(c.network, c.network.uniform(), c.spec.constants, objective, opt.c_max)[opt.c_min - 1:]
+        uniform = objective_profile(c.network, c.network.uniform(), c.spec.constants, opt.objective,
+                                    opt.c_max)[opt.c_min - 1:]
         ax.plot(Cs, uniform, color=palette[7], lw=1.5, label="uniform routing")
         ax.plot(Cs, opt.envelope, color=palette[0], lw=2, label="best routing (min over p)")
         solved = np.array(list(opt.solved))
         ax.scatter(solved, [opt.solved[k].value for k in solved], s=14, color=palette[0], zorder=3,
                    label="routing optimised at C")
-        ax.scatter([opt.concurrency], [opt.terms.total], marker="*", s=220, color=palette[3], zorder=4,
+        ax.scatter([opt.concurrency], [opt.terms.value], marker="*", s=220, color=palette[3], zorder=4,
                    label=f"optimum C = {opt.concurrency}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        what = f"K = {objective.updates:.4g} updates" if name == "per-update" else f"budget T = {objective.budget:.4g}"
-        ax.set(xlabel="concurrency C", ylabel="bound B(p, C)", title=f"{name} objective ({what})")
+        objective = opt.objective
+        if name == "per-update":
+            what = f"K = {objective.updates:.4g} updates"
+        elif name == "wall-clock":
+            what = f"budget T = {objective.budget:.4g}"
+        else:
+            what = f"target eps = {objective.target:.4g}" + (f", rho = {objective.weight:g}" if objective.weight else "")
+        ax.set(xlabel="concurrency C", ylabel=VALUE_LABELS[name], title=f"{name} objective ({what})")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{c.scenario.name}: the bound against the concurrency (A={c.spec.A:.3g}, L={c.spec.L:.3g}, "
+    fig.suptitle(f"{c.scenario.name}: the objectives against the concurrency (A={c.spec.A:.3g}, L={c.spec.L:.3g}, "
                  f"S={c.spec.S:.3g}, eta={c.spec.eta:.3g})")
     fig.tight_layout()
     return fig
@@ -188,10 +247,12 @@ def write_comparison(comparison: Comparison, objective: str, out: Path) -> dict[
     write_json(paths["json"], {
         "scenario": c.scenario.name, "fedsim_version": __version__, "constants": c.spec.constants.to_dict(),
         "estimates": None if c.estimates is None else c.estimates.to_dict(),
-        "budget": c.spec.budget, "updates": c.spec.updates,
+        "budget": c.spec.budget, "updates": c.spec.updates, "target": c.spec.target, "weight": c.spec.weight,
         "concurrency_range": [c.spec.c_min, c.spec.c_max],
-        "optima": {name: {"concurrency": o.concurrency, "bound": o.terms.total, "throughput": o.terms.throughput,
-                          "p": {g.name: q for g, q in zip(c.scenario.groups, o.q)}}
+        "optima": {name: {"concurrency": o.concurrency, "value": o.terms.value, "bound": o.terms.total,
+                          "throughput": o.terms.throughput, "p": {g.name: q for g, q in zip(c.scenario.groups, o.q)}}
+                         | ({"time_to_target": o.terms.time_to_target, "energy_to_target": o.terms.energy_to_target}
+                            if o.objective.targets else {})
                    for name, o in c.optima.items()},
     })
     return paths

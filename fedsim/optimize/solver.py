@@ -1,4 +1,4 @@
-"""Minimise the bound over the routing ``p`` (a simplex) and the concurrency ``C`` (integers).
+"""Minimise an objective over the routing ``p`` (a simplex) and the concurrency ``C`` (integers).
 
 Routing
     Clients of a group share one probability ``q_g``; the group masses ``pi_g = counts_g q_g``
@@ -8,6 +8,9 @@ Routing
     softmax: ``d/dtheta = pi * (g - <pi, g>)`` with ``g_h = (dB/dq_h) / (counts_h B)``. The
     bound is infinite where some ``p_i = 0``, so the optimum is interior and the softmax loses
     nothing. Identical groups start identical and stay so: symmetric clients get uniform ``p``.
+    The time and energy objectives maximise the efficiency ``R`` instead
+    (:func:`~fedsim.optimize.objective.efficiency_and_grad`), finite even where the target is
+    out of reach; ``B`` and the objectives below stand for whichever objective is optimised.
 
 Concurrency
     ``phi(C) = min_p B(p, C)`` is explored in three steps, each warm-started from the routing
@@ -38,13 +41,15 @@ from fedsim.optimize.objective import (
     BoundConstants,
     BoundTerms,
     GroupNetwork,
+    MvaPass,
     Objective,
-    bound_profile,
     bound_terms,
     bound_value_and_grad,
+    efficiency_grad_and_scale,
+    objective_profile,
 )
 
-__all__ = ["Optimum", "RoutingOptimum", "optimise", "optimise_routing"]
+__all__ = ["Optimum", "RoutingOptimum", "max_throughput_routing", "optimise", "optimise_routing"]
 
 GRID_POINTS = 24
 MAX_ENVELOPE_ROUNDS = 30
@@ -52,7 +57,9 @@ MAX_ENVELOPE_ROUNDS = 30
 
 @dataclass(frozen=True)
 class RoutingOptimum:
-    """The best routing at one concurrency: per-client probability ``q`` of each group."""
+    """The best routing at one concurrency: per-client probability ``q`` of each group, the
+    objective's ``value`` there (``inf`` if a target is out of reach), the softmax logits
+    ``theta`` and the L-BFGS iterations."""
 
     concurrency: int
     q: np.ndarray
@@ -89,28 +96,70 @@ class Optimum:
 
 def optimise_routing(network: GroupNetwork, C: int, constants: BoundConstants, objective: Objective,
                      theta0: np.ndarray | None = None, *, precise: bool = True) -> RoutingOptimum:
-    """Minimise ``B(p, C)`` over the routing at fixed ``C`` (L-BFGS on softmax logits).
+    """Minimise the objective over the routing at fixed ``C`` (L-BFGS on softmax logits).
 
     ``theta0`` are starting logits of the group masses (default: uniform ``p``). ``precise``
-    stops at ``|d log B / d theta| < 1e-11`` (else ``1e-7``, enough to compare concurrencies).
+    stops at a gradient of 1e-11 (else ``1e-7``, enough to compare concurrencies). The bound
+    objectives minimise ``log B``; the target objectives maximise the efficiency
+    ``R = A / (eta J)`` (:func:`~fedsim.optimize.objective.efficiency_and_grad`), scaled by its
+    upper bound at the start, which stays finite where the target is out of reach; the value is
+    then ``inf`` if the best ``R`` is not positive.
     """
     counts = network.counts
     theta0 = np.log(counts) if theta0 is None else np.asarray(theta0, dtype=np.float64)
     if network.groups == 1:
         q = network.uniform()
-        return RoutingOptimum(C, q, bound_terms(network, q, C, constants, objective).total, theta0, 0)
+        return RoutingOptimum(C, q, bound_terms(network, q, C, constants, objective).value, theta0, 0)
+    if objective.targets:
+        scale = efficiency_grad_and_scale(network, _softmax(theta0) / counts, C, constants, objective)[2]
+
+        def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            pi = _softmax(theta)
+            R, grad_q, _ = efficiency_grad_and_scale(network, pi / counts, C, constants, objective)
+            g = -grad_q / (counts * scale)
+            return -R / scale, pi * (g - pi @ g)
+    else:
+        def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            pi = _softmax(theta)
+            value, grad_q = bound_value_and_grad(network, pi / counts, C, constants, objective)
+            g = grad_q / (counts * value)
+            return float(np.log(value)), pi * (g - pi @ g)
+
+    res = _minimise(f, theta0, precise)
+    theta = res.x - res.x.max()
+    q = _softmax(theta) / counts
+    if objective.targets:
+        R = -float(res.fun) * scale
+        value = constants.A / (constants.eta * R) if R > 0 else np.inf
+    else:
+        value = float(np.exp(res.fun))
+    return RoutingOptimum(C, q, value, theta, int(res.nit))
+
+
+def max_throughput_routing(network: GroupNetwork, C: int, theta0: np.ndarray | None = None) -> RoutingOptimum:
+    """The routing that maximises the throughput ``lambda(p, C)`` (L-BFGS on ``-log lambda``,
+    exact gradient by the adjoint pass). ``value`` is the throughput reached."""
+    counts = network.counts
+    theta0 = np.log(counts) if theta0 is None else np.asarray(theta0, dtype=np.float64)
+    zeros = np.zeros(network.groups)
 
     def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
         pi = _softmax(theta)
-        value, grad_q = bound_value_and_grad(network, pi / counts, C, constants, objective)
-        g = grad_q / (counts * value)
-        return float(np.log(value)), pi * (g - pi @ g)
+        run = MvaPass(network, pi / counts, C)
+        lam = float(run.lam[C])
+        g = -run.gradient(C, zeros, 1.0) / (counts * lam)
+        return -float(np.log(lam)), pi * (g - pi @ g)
 
-    tolerance = {"ftol": 1e-15, "gtol": 1e-11} if precise else {"ftol": 1e-11, "gtol": 1e-7}
-    res = optimize.minimize(f, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 2000, **tolerance})
+    if network.groups == 1:
+        return RoutingOptimum(C, network.uniform(), float(MvaPass(network, network.uniform(), C).lam[C]), theta0, 0)
+    res = _minimise(f, theta0, precise=True)
     theta = res.x - res.x.max()
-    q = _softmax(theta) / counts
-    return RoutingOptimum(C, q, float(np.exp(res.fun)), theta, int(res.nit))
+    return RoutingOptimum(C, _softmax(theta) / counts, float(np.exp(-res.fun)), theta, int(res.nit))
+
+
+def _minimise(f, theta0: np.ndarray, precise: bool) -> optimize.OptimizeResult:
+    tolerance = {"ftol": 1e-15, "gtol": 1e-11} if precise else {"ftol": 1e-11, "gtol": 1e-7}
+    return optimize.minimize(f, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 2000, **tolerance})
 
 
 def optimise(network: GroupNetwork, constants: BoundConstants, objective: Objective, *, c_min: int = 1,
@@ -132,13 +181,16 @@ def optimise(network: GroupNetwork, constants: BoundConstants, objective: Object
             start = C if C in solved else (min(solved, key=lambda c: abs(c - C)) if solved else None)
             solved[C] = optimise_routing(network, C, constants, objective,
                                          None if start is None else solved[start].theta, precise=polish)
-            profiles[C] = bound_profile(network, solved[C].q, constants, objective, c_max)[c_min - 1:]
+            profiles[C] = objective_profile(network, solved[C].q, constants, objective, c_max)[c_min - 1:]
             if polish:
                 precise.add(C)
         return solved[C]
 
     for C in np.unique(np.rint(np.geomspace(c_min, c_max, GRID_POINTS)).astype(int)):
         solve_at(int(C))
+    if not any(np.isfinite(profile).any() for profile in profiles.values()):
+        raise ValueError(f"no routing found reaches the target {objective.target:.6g} for any C in "
+                         f"[{c_min}, {c_max}]: the variance and drift terms of the bound stay above it")
     for _ in range(MAX_ENVELOPE_ROUNDS):
         stacked = np.vstack([profiles[c] for c in solved])
         C_env = c_min + int(np.argmin(stacked.min(axis=0)))
