@@ -16,10 +16,8 @@ import yaml
 
 from conftest import REPO
 from fedsim.cli import main
-from fedsim.distributions import DISTRIBUTIONS
 from fedsim.errors import ScenarioError
 from fedsim.plugins import import_near, registered_modules
-from fedsim.routing import ROUTING_POLICIES
 from fedsim.scenario import load_scenario, parse_scenario
 from fedsim.sweep import parse_sweep, run_sweep
 
@@ -47,24 +45,6 @@ def scenario(law: str, **extra) -> dict:
     return {"name": "plug", "seed": 1, "concurrency": 3, "horizon": {"updates": 4000, "warmup": 400},
             "clients": [{"group": "a", "count": 2, "service": {"dist": "exponential", "rate": 2.0}},
                         {"group": "b", "count": 2, "service": {"dist": law, "mean": 1.0}}]} | extra
-
-
-@pytest.fixture
-def registries():
-    """Restore the registries and forget the plug-in modules (``plug_*`` and the example's)
-    after a test that imports plug-ins in this process."""
-    import fedsim.training.algorithms as algorithms
-    import fedsim.training.datasets as datasets
-    import fedsim.training.models as models
-
-    saved = [(r, dict(r)) for r in (DISTRIBUTIONS, ROUTING_POLICIES, algorithms.ALGORITHMS, models.MODELS,
-                                    datasets.DATASETS)]
-    yield
-    for registry, before in saved:
-        registry.clear()
-        registry.update(before)
-    for name in [m for m in sys.modules if m.startswith(("plug_", "mylab", "mynets"))]:
-        del sys.modules[name]
 
 
 def test_plugins_next_to_the_scenario_are_imported_before_it_is_parsed(registries, tmp_path, write_yaml):

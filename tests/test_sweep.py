@@ -386,7 +386,7 @@ def test_optimal_routing_cells_record_the_concurrency_and_routing_chosen(tmp_pat
     assert df.drop_duplicates("cell")["concurrency"].nunique() == 2  # the budget moves the optimum
 
 
-def test_process_pool_and_ray_give_the_same_results(reference, trained, tmp_path):
+def test_process_pool_and_ray_give_the_same_results(reference, trained, tmp_path, registries):
     """The queueing sweep, the sweep that trains and the plug-in examples of docs/extending.md
     (a law and a routing; a dataset, a model factory and an update rule), on a local process
     pool and on one local Ray instance (2 CPUs), against in-process runs."""
