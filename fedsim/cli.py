@@ -88,6 +88,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"throughput {_fmt(s['throughput_sim'], s['throughput_ci'])} (analytic {s['throughput_analytic']:.4g}); "
           f"mean staleness {_fmt(s['mean_staleness_sim'], s['mean_staleness_ci'])} "
           f"(analytic {s['mean_staleness_analytic']:.4g})")
+    if "server_queue_sim" in s:
+        print(f"server utilisation {_fmt(s['server_utilisation_sim'], s['server_utilisation_ci'])} "
+              f"(analytic {s['server_utilisation_analytic']:.4g}); power {_fmt(s['power_sim'], s['power_ci'])} W "
+              f"(analytic {s['power_analytic']:.4g}); energy per update "
+              f"{_fmt(s['energy_per_update_sim'], s['energy_per_update_ci'])} J "
+              f"(analytic {s['energy_per_update_analytic']:.4g}); time_breakdown.png")
     print_groups(s["groups"], scenario.exact)
     if extra:
         print(f"training: final test accuracy {extra['final_accuracy']:.4f} (best {extra['best_accuracy']:.4f} at "

@@ -105,6 +105,10 @@ class ServiceDistribution(ABC):
     """The ``dist`` value of the law, set by :func:`register_distribution`."""
     fields: ClassVar[tuple[str, ...]] = ()
     """Spec fields the law accepts besides ``dist``, in the order they are documented."""
+    atomic: ClassVar[bool] = False
+    """True when the law has atoms (values drawn with positive probability, as a constant or
+    measured durations), so that two services can end at the same instant; the engine then
+    keeps its durations on a time grid and orders simultaneous events by its tie rule."""
 
     @property
     @abstractmethod
@@ -425,6 +429,7 @@ class Deterministic(MeanCvDistribution):
     """
 
     fixed_cv = 0.0
+    atomic = True
 
     def _draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return np.full(size, self.mean, dtype=np.float64)
@@ -627,6 +632,7 @@ class Empirical(ServiceDistribution):
     """
 
     fields: ClassVar[tuple[str, ...]] = ("file", "column", "scale")
+    atomic = True
 
     def __init__(
         self,

@@ -42,3 +42,75 @@ def staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+BREAKDOWN = (  # (column, label, colour) in the order a task meets them
+    ("downlink_wait", "downlink: waiting", "#9ecae1"), ("downlink_service", "downlink: transfer", "#3182bd"),
+    ("compute_wait", "compute: queueing", "#fdbe85"), ("compute_service", "compute: service", "#e6550d"),
+    ("uplink_wait", "uplink: waiting", "#a1d99b"), ("uplink_service", "uplink: transfer", "#31a354"),
+    ("server_wait", "server: waiting", "#cbc9e2"), ("server_service", "server: service", "#756bb1"),
+)
+
+
+def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt.Figure:
+    """Where a task's time and the energy go, per group, simulated next to analytical.
+
+    Left: one pair of stacked bars per group (simulated above, hatched analytical below): the
+    share of a task's mean time from dispatch to update spent waiting and in service at each
+    station of its route, the server included; the mean time itself is written at the end of
+    each bar (shares keep groups of very different speeds readable on one axis). Right: watts
+    drawn by each group's clients and by the server, simulated (with CI bars) next to
+    analytical; the title gives the energy per update. ``table`` is
+    :func:`fedsim.report.time_breakdown_table`, ``summary`` the server and energy keys of
+    summary.json.
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    groups = list(dict.fromkeys(table["group"]))
+    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(14, 0.8 * len(groups) + 4.2),
+                                     gridspec_kw={"width_ratios": [1.6, 1]})
+    scale = table[[col for col, _, _ in BREAKDOWN]].abs().to_numpy().max()
+    # a component is shown where it is more than round-off (an analytical wait of 1e-17, say)
+    shown = [(col, label, colour) for col, label, colour in BREAKDOWN if table[col].abs().max() > 1e-9 * scale]
+    height = 0.38
+    for source, offset, hatch in (("simulated", -height / 2, None), ("analytical", height / 2, "//")):
+        part = table[table["source"] == source].set_index("group").loc[groups]
+        total = part[[col for col, _, _ in shown]].sum(axis=1).to_numpy()
+        left = np.zeros(len(groups))
+        y = np.arange(len(groups)) + offset
+        for col, label, colour in shown:
+            width = 100 * part[col].to_numpy() / total
+            ax_t.barh(y, width, height * 0.95, left=left, color=colour, hatch=hatch, edgecolor="white",
+                      label=label if source == "simulated" else None)
+            left += width
+        for yy, t in zip(y, total):
+            ax_t.text(100.5, yy, f"{t:.4g} ({source[:3]}.)", va="center", fontsize=8)
+    ax_t.set_yticks(np.arange(len(groups)), groups)
+    ax_t.invert_yaxis()
+    ax_t.set(xlim=(0, 100), xlabel="share of the mean time per task, dispatch to update (%); "
+             "at the right: that mean time (time units)",
+             title="where a task's time goes (upper bar simulated, hatched lower bar analytical)")
+    ax_t.title.set_fontsize(10)
+    ax_t.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+
+    sim = table[table["source"] == "simulated"].set_index("group").loc[groups]
+    ana = table[table["source"] == "analytical"].set_index("group").loc[groups]
+    names = groups + ["server"]
+    server_sim = summary["power_sim"] - float(sim["power"].sum())
+    server_ana = summary["power_analytic"] - float(ana["power"].sum())
+    x = np.arange(len(names))
+    ax_e.bar(x - 0.2, np.append(sim["power"], server_sim), 0.4, color="#4c72b0", label="simulated",
+             yerr=np.append(sim["power_ci"].fillna(0.0), 0.0), capsize=3)
+    ax_e.bar(x + 0.2, np.append(ana["power"], server_ana), 0.4, color="#c7c7c7", hatch="//", edgecolor="white",
+             label="analytical")
+    ax_e.set_xticks(x, names, rotation=20)
+    epu_ci = summary["energy_per_update_ci"]
+    ax_e.set(ylabel="power drawn (W = joules per time unit)",
+             title=f"power per group (all its clients) and server\nenergy per update "
+                   f"{summary['energy_per_update_sim']:.4g}"
+                   f"{'' if epu_ci is None or not np.isfinite(epu_ci) else f' ± {epu_ci:.2g}'} J "
+                   f"(analytical {summary['energy_per_update_analytic']:.4g} J)")
+    ax_e.title.set_fontsize(10)
+    ax_e.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

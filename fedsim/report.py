@@ -7,8 +7,20 @@ sojourn_ci, sojourn_analytic, queue_sim, queue_ci, queue_analytic. Every ``*_ci`
 half-width of the batch-means confidence interval at the scenario's level.
 
 ``summary.json`` holds the scenario as parsed, the seed, the fedsim version, ``exact`` (every
-service exponential, so the analytical values are exact), the run totals and the simulated
-and analytical throughput and mean staleness, with per-group figures.
+FIFO station exponential, so the analytical values are exact), the run totals and the
+simulated and analytical throughput and mean staleness, with per-group figures.
+
+A scenario with links, a server or powers (:func:`~fedsim.engine.has_stations`) adds, in
+``clients.csv``, for each of downlink, compute, uplink: ``<station>_queue_sim``, ``_ci``,
+``_analytic`` (mean tasks present) and ``<station>_time_sim``, ``_ci``, ``_analytic`` (mean time
+per visit, waiting included), and ``energy_sim``, ``energy_ci``, ``energy_analytic`` (watts drawn
+by the client); a link a client does not have takes no time and holds no task (0). There,
+``sojourn_*`` is the whole round trip (dispatch to application) and ``queue_*`` counts the
+client's tasks anywhere in the network, the server included. ``summary.json`` adds
+``server_queue``, ``server_utilisation``, ``power`` (watts, clients and server) and
+``energy_per_update`` (joules), each as ``_sim``, ``_ci`` and ``_analytic`` (0 where there is no
+server or no power), and the figure ``time_breakdown.png``. A base scenario's files are
+exactly those of the base model.
 
 Every file is written to a temporary name and renamed, and ``summary.json`` is written last:
 a folder with a ``summary.json`` is complete.
@@ -26,9 +38,12 @@ import numpy as np
 import pandas as pd
 
 from fedsim import __version__
-from fedsim.analytic import NetworkSolution
-from fedsim.run import RunResult
+from fedsim.analytic import ROUTE_STATIONS, ExtendedSolution, NetworkSolution, PowerDraw
+from fedsim.run import RunResult, analyse_power, extended_model
 from fedsim.scenario import Scenario
+
+STATION_FIGURES = ("queue", "time")
+"""What clients.csv reports for every route station (mean tasks present, mean time per visit)."""
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -54,9 +69,20 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_json_value(data), indent=2) + "\n"))
 
 
-def analytic_table(scenario: Scenario, solution: NetworkSolution) -> pd.DataFrame:
-    """The analytical per-client figures of a scenario, one row per client."""
-    return pd.DataFrame({
+def route_queue(solution: NetworkSolution | ExtendedSolution) -> np.ndarray:
+    """Mean number of client i's tasks in the network: at its stations, and its share
+    ``p_i E_C[X_s]`` of the server's queue (the routes of the tasks there are i.i.d. with
+    weights p, see :mod:`fedsim.analytic`)."""
+    if isinstance(solution, NetworkSolution):
+        return solution.mean_queue
+    return sum(solution.stations[name].mean_queue for name in ROUTE_STATIONS) + solution.p * solution.server.mean_queue
+
+
+def analytic_table(scenario: Scenario, solution: NetworkSolution | ExtendedSolution,
+                   power: PowerDraw | None = None) -> pd.DataFrame:
+    """The analytical per-client figures of a scenario, one row per client (with the station
+    and energy columns for an extended solution; ``power`` defaults to the product form's)."""
+    table = pd.DataFrame({
         "client": np.arange(scenario.n_clients),
         "group": [scenario.groups[g].name for g in scenario.client_group],
         "p": scenario.p,
@@ -64,14 +90,40 @@ def analytic_table(scenario: Scenario, solution: NetworkSolution) -> pd.DataFram
         "service_cv": np.array([g.service.cv for g in scenario.groups])[scenario.client_group],
         "staleness_analytic": solution.staleness,
         "sojourn_analytic": solution.sojourn,
-        "queue_analytic": solution.mean_queue,
+        "queue_analytic": route_queue(solution),
     })
+    if isinstance(solution, ExtendedSolution):
+        power = power or analyse_power(scenario, solution)
+        for name, station in solution.stations.items():
+            table[f"{name}_queue_analytic"] = station.mean_queue
+            table[f"{name}_time_analytic"] = station.time
+        table["energy_analytic"] = power.client
+    return table
+
+
+def station_column_order() -> list[str]:
+    """The station and energy columns of clients.csv, in their order."""
+    order = [f"{name}_{figure}_{kind}" for name in ROUTE_STATIONS for figure in STATION_FIGURES
+             for kind in ("sim", "ci", "analytic")]
+    return order + ["energy_sim", "energy_ci", "energy_analytic"]
+
+
+def station_columns(result: RunResult) -> dict[str, np.ndarray]:
+    """The simulated station and energy columns of clients.csv (the analytical ones come from
+    :func:`analytic_table`)."""
+    st = result.stations
+    columns = {"energy_sim": st.client_power, "energy_ci": st.client_power_ci}
+    for name in ROUTE_STATIONS:
+        for figure in STATION_FIGURES:
+            columns[f"{name}_{figure}_sim"] = getattr(st.stations[name], figure)
+            columns[f"{name}_{figure}_ci"] = getattr(st.stations[name], f"{figure}_ci")
+    return columns
 
 
 def clients_table(result: RunResult) -> pd.DataFrame:
     """clients.csv: simulated figures next to the analytical ones, one row per client."""
     c = result.stats.clients
-    base = analytic_table(result.scenario, result.analytic)
+    base = analytic_table(result.scenario, result.analytic, result.power)
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = (c.staleness_mean - base["staleness_analytic"].to_numpy()) / base["staleness_analytic"].to_numpy()
     sim = {
@@ -92,6 +144,9 @@ def clients_table(result: RunResult) -> pd.DataFrame:
     order = ["client", "group", "p", "mean_service", "service_cv", "completions", "staleness_sim", "staleness_ci",
              "staleness_analytic", "staleness_rel_error", "staleness_p50", "staleness_p90", "staleness_p99",
              "staleness_max", "sojourn_sim", "sojourn_ci", "sojourn_analytic", "queue_sim", "queue_ci", "queue_analytic"]
+    if result.stations is not None:
+        df = df.assign(**station_columns(result))
+        order += station_column_order()
     return df[order]
 
 
@@ -141,8 +196,68 @@ def summary(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str,
         "mean_staleness_ci": st.mean_staleness_ci,
         "mean_staleness_analytic": an.mean_staleness,
         "staleness_max_abs_rel_error": float(np.abs(finite).max()) if finite.size else None,
+    } | (station_summary(result) if result.stations is not None else {}) | {
         "groups": groups_table(result).to_dict(orient="records"),
     } | (extra or {})
+
+
+def analytic_station_summary(solution: ExtendedSolution, power: PowerDraw) -> dict[str, float]:
+    """The server and energy keys of summary.json, analytical side."""
+    return {"server_queue_analytic": solution.server.mean_queue,
+            "server_utilisation_analytic": solution.server.utilisation,
+            "power_analytic": power.total, "energy_per_update_analytic": power.per_update}
+
+
+def station_summary(result: RunResult) -> dict[str, float]:
+    """The server and energy keys of summary.json: simulated (with CI) next to analytical."""
+    st = result.stations
+    analytic = analytic_station_summary(result.analytic, result.power)
+    sim = {"server_queue": (st.server_queue, st.server_queue_ci),
+           "server_utilisation": (st.server_utilisation, st.server_utilisation_ci),
+           "power": (st.power, st.power_ci), "energy_per_update": (st.energy_per_update, st.energy_per_update_ci)}
+    out: dict[str, float] = {}
+    for key, (value, ci) in sim.items():
+        out |= {f"{key}_sim": value, f"{key}_ci": ci, f"{key}_analytic": analytic[f"{key}_analytic"]}
+    return out
+
+
+def time_breakdown_table(result: RunResult) -> pd.DataFrame:
+    """Per group and source (simulated, analytical): the mean time a task spends waiting and
+    in service at each station of its route, the server included (``<station>_wait``,
+    ``<station>_service``), and the group's power in watts (``power``, ``power_ci``).
+
+    Groups average their clients weighted by completions (simulated) or by p (analytical).
+    The server is shared by every route, so its times are the same for every group.
+    """
+    s, st, an = result.scenario, result.stations, result.analytic
+    network = extended_model(s)[0]
+    means = dict(zip(ROUTE_STATIONS, network.means()))
+    counts = result.stats.clients.completions.astype(float)
+    rows = []
+    for source in ("simulated", "analytical"):
+        weights = counts if source == "simulated" else s.p
+        for g, group in enumerate(s.groups):
+            mine = s.client_group == g
+            w = weights[mine] / weights[mine].sum()
+            row: dict[str, Any] = {"group": group.name, "source": source}
+            for name in ROUTE_STATIONS:
+                if source == "simulated":
+                    time, service = st.stations[name].time, st.stations[name].service
+                else:
+                    time, service = an.stations[name].time, means[name]
+                row[f"{name}_wait"] = float(np.nansum(w * (time[mine] - service[mine])))
+                row[f"{name}_service"] = float(np.nansum(w * service[mine]))
+            server_time = server_service = 0.0
+            if s.server is not None:
+                server_time, server_service = ((st.server_time, st.server_service) if source == "simulated"
+                                               else (an.server.time, network.server))
+            row["server_wait"], row["server_service"] = server_time - server_service, server_service
+            if source == "simulated":
+                row["power"], row["power_ci"] = st.group_power[g], st.group_power_ci[g]
+            else:
+                row["power"], row["power_ci"] = float(result.power.client[mine].sum()), float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -163,10 +278,19 @@ def write_run(result: RunResult, out: Path, *, plots: bool = True, extra: dict[s
 
         from fedsim.plots import staleness_figure
 
+        approximate = "" if result.scenario.exact else " (product-form approximation)"
         fig = staleness_figure(table, title=f"{result.scenario.name}: staleness, simulated vs analytical"
-                               + ("" if result.scenario.exact else " (product-form approximation)"))
+                               + approximate)
         atomic_write(out / "staleness.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
         plt.close(fig)
+        if result.stations is not None:
+            from fedsim.plots import time_breakdown_figure
+
+            fig = time_breakdown_figure(time_breakdown_table(result), station_summary(result),
+                                        title=f"{result.scenario.name}: where a task's time and the energy go"
+                                        + approximate)
+            atomic_write(out / "time_breakdown.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+            plt.close(fig)
     write_json(out / "summary.json", summary(result, extra))
 
 
@@ -174,6 +298,9 @@ def write_analytic(scenario: Scenario, solution: NetworkSolution, out: Path) -> 
     """`fedsim analytic --out`: the analytical clients.csv and summary.json (no simulation)."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "clients.csv", analytic_table(scenario, solution))
+    stations = {}
+    if isinstance(solution, ExtendedSolution):
+        stations = analytic_station_summary(solution, analyse_power(scenario, solution))
     write_json(out / "summary.json", {
         "scenario": scenario.to_dict(),
         "seed": scenario.seed,
@@ -181,4 +308,4 @@ def write_analytic(scenario: Scenario, solution: NetworkSolution, out: Path) -> 
         "exact": scenario.exact,
         "throughput_analytic": solution.throughput,
         "mean_staleness_analytic": solution.mean_staleness,
-    })
+    } | stations)

@@ -8,35 +8,69 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsim.analytic import NetworkSolution, solve
-from fedsim.engine import CompletionRecords, Engine
-from fedsim.errors import ScenarioError
-from fedsim.scenario import Scenario
+import numpy as np
+
+from fedsim.analytic import (
+    ExtendedNetwork,
+    ExtendedSolution,
+    NetworkSolution,
+    PowerDraw,
+    PowerModel,
+    power_draw,
+    solve,
+    solve_extended,
+)
+from fedsim.engine import CompletionRecords, Engine, has_stations
+from fedsim.scenario import LINKS, Scenario
+from fedsim.stations_tracking import StationStatistics, StationTracker, power_vectors
 from fedsim.tracking import RunStatistics, TraceWriter, Tracker
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run: its scenario, what was measured, and what the product form predicts."""
+    """A finished run: its scenario, what was measured, and what the product form predicts.
+
+    For a scenario with links, a server or powers (:func:`~fedsim.engine.has_stations`),
+    ``analytic`` is an :class:`~fedsim.analytic.ExtendedSolution`, and ``stations`` and
+    ``power`` hold the simulated station statistics and the analytical power draw.
+    """
 
     scenario: Scenario
     stats: RunStatistics
-    analytic: NetworkSolution
+    analytic: NetworkSolution | ExtendedSolution
     wall_seconds: float
+    stations: StationStatistics | None = None
+    power: PowerDraw | None = None
 
 
-def analyse(scenario: Scenario) -> NetworkSolution:
-    """Product-form prediction for the scenario (exact iff every service is exponential)."""
-    _refuse_extended(scenario)
-    return solve(scenario.mu, scenario.p, scenario.concurrency)
+def extended_model(scenario: Scenario) -> tuple[ExtendedNetwork, PowerModel]:
+    """The scenario as the analysis sees it: per client, the compute rate and the links' mean
+    times and kinds, the server's mean time; and every power (0 W where none is given)."""
+    def link(name: str) -> tuple[np.ndarray, np.ndarray]:
+        stations = [getattr(g, name) for g in scenario.groups]
+        mean = np.array([0.0 if s is None else s.law.mean for s in stations])
+        return mean[scenario.client_group], np.array([s is None or s.kind == "delay" for s in stations])[
+            scenario.client_group]
+
+    links = {name: link(name) for name in LINKS}
+    network = ExtendedNetwork(scenario.mu, *links["downlink"], *links["uplink"],
+                              server=0.0 if scenario.server is None else scenario.server.law.mean)
+    watts, server = power_vectors(scenario)
+    return network, PowerModel(**watts, server_busy=server.busy, server_idle=server.idle)
 
 
-def _refuse_extended(scenario: Scenario) -> None:
-    """Links and the server are parsed but neither simulated nor solved yet: refuse them
-    rather than silently run the base model."""
-    if scenario.extended:
-        raise ScenarioError("server" if scenario.server is not None else "clients",
-                            "links and a server are not simulated yet; remove server, downlink and uplink")
+def analyse(scenario: Scenario) -> NetworkSolution | ExtendedSolution:
+    """Product-form prediction for the scenario (exact iff every FIFO station is exponential):
+    the base model's :func:`~fedsim.analytic.solve`, or :func:`~fedsim.analytic.solve_extended`
+    when the scenario has links, a server or powers."""
+    if not has_stations(scenario):
+        return solve(scenario.mu, scenario.p, scenario.concurrency)
+    return solve_extended(extended_model(scenario)[0], scenario.p, scenario.concurrency)
+
+
+def analyse_power(scenario: Scenario, solution: ExtendedSolution) -> PowerDraw:
+    """Mean power of every client and of the server in the product form."""
+    return power_draw(solution, extended_model(scenario)[1])
 
 
 class ProgressBar:
@@ -77,10 +111,10 @@ def simulate(scenario: Scenario, *, observers: Iterable[object] = (), trace: Pat
     ``trace`` writes one Parquet row per completed task; ``progress`` shows a bar on stderr,
     advanced per update when the scenario trains a model and per chunk of records otherwise.
     """
-    _refuse_extended(scenario)
     bar = (StepProgressBar if scenario.training is not None else ProgressBar)(scenario) if progress else None
     tracker = Tracker(scenario)
-    extra = [o for o in (bar, TraceWriter(trace) if trace is not None else None) if o is not None]
+    stations = StationTracker(scenario) if has_stations(scenario) else None
+    extra = [o for o in (stations, bar, TraceWriter(trace) if trace is not None else None) if o is not None]
     start = time.perf_counter()
     try:
         Engine(scenario, [tracker, *extra, *observers]).run()
@@ -88,4 +122,8 @@ def simulate(scenario: Scenario, *, observers: Iterable[object] = (), trace: Pat
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
-    return RunResult(scenario=scenario, stats=tracker.result(), analytic=analyse(scenario), wall_seconds=wall)
+    analytic = analyse(scenario)
+    if stations is None:
+        return RunResult(scenario=scenario, stats=tracker.result(), analytic=analytic, wall_seconds=wall)
+    return RunResult(scenario=scenario, stats=tracker.result(), analytic=analytic, wall_seconds=wall,
+                     stations=stations.result(), power=analyse_power(scenario, analytic))

@@ -382,10 +382,12 @@ class Streams:
 
     Stream k is ``Generator(PCG64(SeedSequence(seed, spawn_key=(k,))))``: adding a purpose
     never changes the others, so the queueing sample path (``service``, ``routing``) is the
-    same with and without training.
+    same with and without training. The extended network's stations draw from ``downlink``
+    and ``uplink`` (one child per client), ``server``, and ``ties`` (one child per station
+    with an atomic law), appended last so that the earlier streams are unchanged.
     """
 
-    PURPOSES = ("service", "routing", "training")
+    PURPOSES = ("service", "routing", "training", "downlink", "uplink", "server", "ties")
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
