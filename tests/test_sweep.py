@@ -371,6 +371,27 @@ def test_a_fedavg_base_is_swept_as_fedavg(tmp_path):
     assert load_training(tmp_path)["cell"].nunique() == 2
 
 
+def test_an_extended_network_is_swept_with_its_links_server_and_power(tmp_path):
+    extended = {"name": "extended", "seed": 3, "concurrency": 4, "horizon": {"updates": 5000},
+                "server": {"service": {"dist": "exponential", "rate": 20.0}}, "server_power": {"busy": 150.0},
+                "clients": [{"group": "phones", "count": 3, "service": {"dist": "exponential", "rate": 0.5},
+                             "downlink": {"dist": "lognormal", "mean": 0.4, "cv": 2.0},
+                             "uplink": {"dist": "exponential", "mean": 1.2, "station": "fifo"},
+                             "power": {"compute": 3.0, "uplink": 1.5}},
+                            {"group": "servers", "count": 2, "service": {"dist": "exponential", "rate": 4.0}}]}
+    sweep = parse_sweep({"scenario": extended, "grid": {"concurrency": [2, 6]}}, base_dir=REPO)
+    assert not run_sweep(sweep, tmp_path / "sweep", workers=1).failed
+    df, _ = load_results(tmp_path / "sweep")
+    for column in ("downlink_time_sim", "uplink_queue_sim", "server_utilisation_sim", "energy_per_update_sim"):
+        assert df[column].notna().all(), column
+    cell = sweep.cells[-1]  # the cell is the run `fedsim run` makes of its scenario
+    path = tmp_path / "cell.yaml"
+    path.write_text(yaml.safe_dump(dict(cell.scenario)))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "sweep" / CELLS_DIR / cell.name / "clients.csv").read_bytes() == \
+        (tmp_path / "run" / "clients.csv").read_bytes()
+
+
 def test_optimal_routing_cells_record_the_concurrency_and_routing_chosen(tmp_path):
     base = copy.deepcopy(BASE) | {"routing": "optimal-wall-clock",
                                   "optimization": {"A": 2.0, "L": 0.5, "S": 1.0, "eta": 0.05}}
