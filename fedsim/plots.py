@@ -1,4 +1,8 @@
-"""Figures written into run folders (seaborn on a non-interactive backend)."""
+"""Figures written into run folders (matplotlib on a non-interactive backend).
+
+They use seaborn's look (white grid, notebook sizes, the "deep" palette) through the style
+sheets matplotlib ships, so writing a figure imports neither seaborn nor scipy.stats.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+
+STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-notebook", "seaborn-v0_8-deep")
+
+
+def palette(k: int) -> list[str]:
+    """The first ``k`` colours of the current colour cycle (repeated if needed)."""
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [colors[i % len(colors)] for i in range(k)]
 
 
 def staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
@@ -19,12 +30,16 @@ def staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
     Right: per client, the simulated mean with its CI and the analytical value, by group.
     ``clients`` is the clients.csv table.
     """
-    sns.set_theme(style="whitegrid", context="notebook")
+    with plt.style.context(STYLE):
+        return _staleness_figure(clients, title)
+
+
+def _staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
     fig, (ax_xy, ax_cl) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.6]})
-    palette = dict(zip(clients["group"].unique(), sns.color_palette("deep", clients["group"].nunique())))
+    colors = dict(zip(clients["group"].unique(), palette(clients["group"].nunique())))
     ci = clients["staleness_ci"].fillna(0.0)
     for group, part in clients.groupby("group", sort=False):
-        color = palette[group]
+        color = colors[group]
         ax_xy.errorbar(part["staleness_analytic"], part["staleness_sim"], yerr=ci[part.index], fmt="o", ms=4,
                        color=color, ecolor=color, alpha=0.8, capsize=2, label=group)
         ax_cl.errorbar(part["client"], part["staleness_sim"], yerr=ci[part.index], fmt="o", ms=3, color=color,
@@ -64,7 +79,11 @@ def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt
     :func:`fedsim.report.time_breakdown_table`, ``summary`` the server and energy keys of
     summary.json.
     """
-    sns.set_theme(style="whitegrid", context="notebook")
+    with plt.style.context(STYLE):
+        return _time_breakdown_figure(table, summary, title)
+
+
+def _time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt.Figure:
     groups = list(dict.fromkeys(table["group"]))
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(14, 0.8 * len(groups) + 4.2),
                                      gridspec_kw={"width_ratios": [1.6, 1]})

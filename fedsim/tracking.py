@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit  # the t quantile without importing scipy.stats (slow to import)
 
 from fedsim.engine import CompletionRecords, Engine
 from fedsim.scenario import Scenario
@@ -94,7 +94,7 @@ def ratio_ci(y: np.ndarray, x: np.ndarray, level: float) -> tuple[np.ndarray, np
             return r, np.full_like(r, np.nan, dtype=float)
         resid = y - r * x
         se = np.sqrt((resid**2).sum(axis=0) / (k * (k - 1))) / (sx / k)
-    return r, stats.t.ppf(0.5 + level / 2, k - 1) * se
+    return r, stdtrit(k - 1, 0.5 + level / 2) * se
 
 
 def histogram_quantile(hist: np.ndarray, q: float) -> float:

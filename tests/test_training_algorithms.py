@@ -12,7 +12,7 @@ import torch
 
 from fedsim.run import simulate
 from fedsim.scenario import Streams, parse_scenario
-from fedsim.training.algorithms import ALGORITHMS, Context
+from fedsim.training.algorithms import ALGORITHMS, ClientWork, Context
 from fedsim.training.algorithms.fedasync import staleness_weight
 from fedsim.training.config import parse_training
 from fedsim.training.session import TrainingSession
@@ -42,26 +42,13 @@ def run(doc: dict, **kwargs) -> TrainingSession:
 
 
 # ---------------------------------------------------------------------------------------
-# hand-computed cases, on a two-coordinate "model" and a trainer returning fixed results
+# hand-computed cases, on a two-coordinate "model" and given client results
 
 
-class FixedTrainer:
-    """Stands in for LocalTrainer: fixed gradients, or local models start + delta (one per call)."""
-
-    def __init__(self, grads=(), deltas=()) -> None:
-        self.grads, self.deltas = list(grads), list(deltas)
-
-    def gradient(self, views, client):
-        return torch.tensor(self.grads.pop(0))
-
-    def local_model(self, start, client, steps, lr, prox=0.0):
-        return start.clone() + torch.tensor(self.deltas.pop(0))
-
-
-def rule(name: str, trainer: FixedTrainer, w0=(1.0, 2.0), p=(0.5, 0.25, 0.25), sizes=(1, 1, 1), **fields):
+def rule(name: str, w0=(1.0, 2.0), p=(0.5, 0.25, 0.25), sizes=(1, 1, 1), **fields):
     params = parse_training({"algorithm": {"name": name, **fields}}).algorithm.kwargs
     model = ModelVersions(torch.tensor(w0), lambda t: [t])
-    return ALGORITHMS[name](params, Context(model, trainer, np.array(p), np.array(sizes))), model
+    return ALGORITHMS[name](params, Context(model, np.array(p), np.array(sizes))), model
 
 
 def test_staleness_functions_of_fedasync():
@@ -71,23 +58,35 @@ def test_staleness_functions_of_fedasync():
     assert staleness_weight("hinge", 6, 10, 4) == pytest.approx(1 / 21)  # 1 / (10 (6 - 4) + 1)
 
 
+@pytest.mark.parametrize(("algorithm", "work"), [
+    ({"name": "generalized_async_sgd", "lr": 0.1}, ClientWork(1, 0.1, "gradient")),
+    ({"name": "async_sgd", "local_steps": 3}, ClientWork(3, 0.05, "delta")),
+    ({"name": "fedasync", "local_steps": 2, "rho": 0.5}, ClientWork(2, 0.05, "model", prox=0.5)),
+    ({"name": "fedbuff"}, ClientWork(1, 0.05, "delta")),  # FedBuff sends w_client - w_s even after one step
+    ({"name": "fedavg", "local_steps": 4}, ClientWork(4, 0.05, "model")),
+])
+def test_each_rule_declares_the_work_its_clients_compute(algorithm, work):
+    params = dict(algorithm)
+    r, _ = rule(params.pop("name"), **params)
+    assert r.work == work
+
+
 def test_fedasync_mixes_the_client_model_with_the_discounted_weight():
-    r, model = rule("fedasync", FixedTrainer(deltas=[(2.0, -4.0)]), alpha=0.6, staleness="polynomial", a=0.5)
+    r, model = rule("fedasync", alpha=0.6, staleness="polynomial", a=0.5)
     v = model.share(0)
-    r.complete(0, v, staleness=3)  # a_t = 0.6 * 4^(-1/2) = 0.3; w_client = (3, -2)
+    r.apply(0, v.flat + torch.tensor([2.0, -4.0]), staleness=3, version_step=v.step)  # a_t = 0.6 * 4^(-1/2) = 0.3
     torch.testing.assert_close(model.w, torch.tensor([1.0 + 0.3 * 2.0, 2.0 + 0.3 * -4.0]))
     torch.testing.assert_close(v.flat, torch.tensor([1.0, 2.0]))  # the task's snapshot is untouched
 
 
 def test_fedbuff_buffers_k_weighted_deltas_then_applies_their_mean():
-    r, model = rule("fedbuff", FixedTrainer(deltas=[(2.0, 0.0), (0.0, 4.0)]), w0=(0.0, 0.0),
-                    buffer_size=2, server_lr=1.5)
+    r, model = rule("fedbuff", w0=(0.0, 0.0), buffer_size=2, server_lr=1.5)
     old = model.share(0)
     model.add_(torch.tensor([1.0, 1.0]))  # a server step while `old` is in flight
     new = model.share(1)
-    r.complete(0, old, staleness=1)  # one server step behind: weight 1 / sqrt(2)
+    r.apply(0, torch.tensor([2.0, 0.0]), staleness=1, version_step=old.step)  # one step behind: weight 1 / sqrt(2)
     assert torch.equal(model.w, torch.tensor([1.0, 1.0])) and r.count == 1 and model.step == 1
-    r.complete(1, new, staleness=0)  # weight 1; the buffer is full: w += 1.5 * mean
+    r.apply(1, torch.tensor([0.0, 4.0]), staleness=0, version_step=new.step)  # weight 1; full buffer: w += 1.5 * mean
     expected = torch.tensor([1.0 + 1.5 / 2 * 2.0 / math.sqrt(2.0), 1.0 + 1.5 / 2 * 4.0])
     torch.testing.assert_close(model.w, expected)
     assert r.count == 0 and torch.equal(r.buffer, torch.zeros(2)) and model.step == 2
@@ -97,21 +96,21 @@ def test_fedbuff_buffers_k_weighted_deltas_then_applies_their_mean():
                                                ("async_sgd", (1.0, 1.0, 1.0))])
 def test_async_sgd_steps_with_and_without_the_importance_weight(name, weights):
     """p = (1/2, 1/4, 1/4), n = 3: Generalized AsyncSGD weighs client i by 1 / (n p_i)."""
-    g = (0.5, -1.0)
-    r, model = rule(name, FixedTrainer(grads=[g] * 3), lr=0.1)
+    g = torch.tensor([0.5, -1.0])
+    r, model = rule(name, lr=0.1)
     w = torch.tensor([1.0, 2.0])
     for client in range(3):
-        r.complete(client, model.share(client), staleness=0)
-        w = w - 0.1 * weights[client] * torch.tensor(g)
+        r.apply(client, g, staleness=0, version_step=model.step)
+        w = w - 0.1 * weights[client] * g
     torch.testing.assert_close(model.w, w)
-    r2, model2 = rule(name, FixedTrainer(deltas=[(0.3, 0.6)]), lr=0.1, local_steps=3)
-    r2.complete(1, model2.share(0), staleness=0)  # with local steps: w += (w_client - w_s) / (n p_i)
+    r2, model2 = rule(name, lr=0.1, local_steps=3)
+    r2.apply(1, torch.tensor([0.3, 0.6]), staleness=0, version_step=0)  # local steps: w += (w_client - w_s) / (n p_i)
     torch.testing.assert_close(model2.w, torch.tensor([1.0 + weights[1] * 0.3, 2.0 + weights[1] * 0.6]))
 
 
 def test_fedavg_averages_the_round_models_weighted_by_data_size():
-    r, model = rule("fedavg", FixedTrainer(deltas=[(1.0, 0.0), (0.0, 2.0)]), w0=(1.0, 1.0), sizes=(1, 3, 5))
-    r.round([0, 1])  # w_0 = (2, 1) with 1 sample, w_1 = (1, 3) with 3
+    r, model = rule("fedavg", w0=(1.0, 1.0), sizes=(1, 3, 5))
+    r.aggregate([0, 1], [torch.tensor([2.0, 1.0]), torch.tensor([1.0, 3.0])])  # 1 and 3 samples
     torch.testing.assert_close(model.w, torch.tensor([(2.0 + 3 * 1.0) / 4, (1.0 + 3 * 3.0) / 4]))
 
 
@@ -144,6 +143,7 @@ def test_model_versions_copy_on_change_only_while_tasks_hold_the_model():
 def test_async_sgd_with_one_client_and_one_task_is_sequential_sgd_exactly():
     doc = scenario_doc({"name": "async_sgd", "lr": 0.2, "batch_size": 8}, concurrency=1, updates=150,
                        groups=[(1, 1.0, 1.0)], model={"name": "mlp", "hidden": [7]})
+    doc["training"]["batched"] = False  # autograd, as torch.optim.SGD
     session = run(doc)
     wl = build_workload(parse_scenario(doc))  # the same initial model and the same batch sequence
     module = wl.flat.module
@@ -151,7 +151,7 @@ def test_async_sgd_with_one_client_and_one_task_is_sequential_sgd_exactly():
         p.data, p.grad = v.clone(), None
     opt = torch.optim.SGD(module.parameters(), lr=0.2)
     for _ in range(150):
-        idx = wl.sampler.next(0)
+        idx = torch.from_numpy(wl.sampler.next(0)[0])
         opt.zero_grad()
         torch.nn.functional.cross_entropy(module(wl.trainer.x[idx]), wl.trainer.y[idx]).backward()
         opt.step()
@@ -163,14 +163,14 @@ def test_rule_sees_the_staleness_the_tracker_records_task_by_task(tmp_path):
     scenario = parse_scenario(doc)
     session = TrainingSession(scenario)
     seen, steps = [], []
-    complete = session.observer.complete
+    apply = session.observer.apply
 
-    def spy(client, version, staleness):
+    def spy(client, result, staleness, version_step):
         seen.append((client, staleness))
-        steps.append(session.model.step - version.step)  # model changes since the snapshot
-        complete(client, version, staleness)
+        steps.append(session.model.step - version_step)  # model changes since the snapshot
+        apply(client, result, staleness, version_step)
 
-    session.observer.complete = spy
+    session.observer.apply = spy
     simulate(scenario, observers=[session.observer], trace=tmp_path / "trace.parquet")
     trace = pd.read_parquet(tmp_path / "trace.parquet")
     assert len(seen) == len(trace) == 500
@@ -179,26 +179,38 @@ def test_rule_sees_the_staleness_the_tracker_records_task_by_task(tmp_path):
     assert trace["staleness"].max() >= 5
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize(("algorithm", "concurrency"), [({"name": "generalized_async_sgd"}, 7),
                                                          ({"name": "fedasync", "local_steps": 2}, 3),
                                                          ({"name": "fedbuff", "buffer_size": 3}, 7)])
-def test_at_most_c_plus_one_model_versions_are_alive(algorithm, concurrency):
+def test_at_most_c_model_versions_are_alive(algorithm, concurrency, batched):
+    """A version lives until the work of its last task is computed (the sequential path: at
+    that task's completion, before the rule changes the model), so at most C are alive: the
+    C - 1 other tasks' and the new model. On the batched path only tasks still waiting for
+    their work hold one."""
     doc = scenario_doc(algorithm, concurrency=concurrency, updates=400)
+    doc["training"]["batched"] = batched
     scenario = parse_scenario(doc)
     session = TrainingSession(scenario)
-    alive = []
-    on_complete = session.observer.on_complete
+    observer = session.observer
+    alive, expected = [], []
+    on_complete = observer.on_complete
 
     def spy(task, update, now):
         on_complete(task, update, now)
         alive.append(len(session.model.held))
+        waiting = {id(t.payload.version) for t in observer.in_flight if t.payload.version is not None}
+        expected.append(len(waiting | {id(session.model.current)}))
 
-    session.observer.on_complete = spy
-    simulate(scenario, observers=[session.observer])
-    assert max(alive) <= concurrency + 1
-    assert session.model.max_alive <= concurrency + 1
-    if algorithm["name"] != "fedbuff":  # the bound is reached: every in-flight task holds its own version
-        assert session.model.max_alive == concurrency + 1
+    observer.on_complete = spy
+    simulate(scenario, observers=[observer])
+    assert alive == expected  # alive: the current model and the versions of tasks still waiting for their work
+    assert max(alive) <= concurrency and session.model.max_alive <= concurrency
+    if batched:
+        assert observer.window_tasks == 400 + len(observer.in_flight) - len(observer.pending)
+        assert observer.windows < 400 / 1.5  # windows of more than 1.5 tasks on average
+    elif algorithm["name"] != "fedbuff":  # the bound is reached: every in-flight task holds its own version
+        assert session.model.max_alive == concurrency
 
 
 def test_tasks_dispatched_before_any_change_share_one_version():
@@ -210,7 +222,7 @@ def test_tasks_dispatched_before_any_change_share_one_version():
 
     def spy(task):
         on_dispatch(task)
-        payloads.append((task.dispatch_update, task.payload, task.payload.step))
+        payloads.append((task.dispatch_update, task.payload.version, task.payload.step))
 
     session.observer.on_dispatch = spy
     simulate(scenario, observers=[session.observer])
@@ -265,6 +277,6 @@ def test_fedavg_with_every_client_and_one_step_is_one_weighted_gradient_step():
     sizes = wl.sizes.astype(float)
     expected = torch.zeros_like(wl.w0)
     for c in order:  # sum_k m_k / M (w0 - lr g_k(w0)), the batches drawn in the same client order
-        g = torch.cat([t.reshape(-1) for t in wl.trainer.gradient(wl.flat.views(wl.w0), int(c))])
+        g = torch.cat([t.reshape(-1) for t in wl.trainer.gradient(wl.flat.views(wl.w0), wl.sampler.next(int(c))[0])])
         expected += sizes[c] / sizes.sum() * (wl.w0 - 0.3 * g)
     torch.testing.assert_close(session.w, expected)

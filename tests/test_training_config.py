@@ -111,6 +111,31 @@ def test_validating_a_training_scenario_does_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_the_queueing_path_imports_neither_torch_nor_matplotlib_nor_scipy_stats():
+    """What `fedsim run` loads before it simulates: the heavy libraries wait until they are needed
+    (torch for training, matplotlib when a figure is written)."""
+    code = (
+        "import sys; import fedsim.cli, fedsim.run, fedsim.engine, fedsim.tracking, fedsim.scenario, fedsim.report;"
+        "heavy = [m for m in ('torch', 'matplotlib', 'seaborn', 'scipy.stats') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_run_without_training_writes_its_folder_without_torch_or_scipy_stats(write_yaml, tmp_path):
+    path = write_yaml(NETWORK | {"horizon": {"updates": 2000}})
+    code = (
+        f"import sys; from fedsim.cli import main; assert main(['run', {str(path)!r}, '--out', "
+        f"{str(tmp_path / 'out')!r}, '--quiet']) == 0;"
+        "heavy = [m for m in ('torch', 'seaborn', 'scipy.stats') if m in sys.modules];"
+        "assert not heavy and 'matplotlib' in sys.modules, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "staleness.png").stat().st_size > 10_000
+
+
 def test_every_module_of_the_algorithms_package_registers_its_rule():
     """Adding a rule is one file: each module (but base) defines a registered rule, found by name."""
     modules = [m.name for m in pkgutil.iter_modules(algorithms.__path__) if m.name != "base"]

@@ -79,46 +79,62 @@ def test_flat_model_rejects_a_model_that_is_not_float32():
         FlatModel(torch.nn.Linear(2, 2).double(), torch.device("cpu"))
 
 
-def make_trainer(seed: int = 0) -> tuple[LocalTrainer, torch.nn.Module, torch.Tensor, torch.Tensor]:
+def make_trainer(seed: int = 0) -> tuple[LocalTrainer, BatchSampler, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     module = model({"name": "mlp", "hidden": [5]})
     x, y = torch.randn(30, 6), torch.randint(0, 4, (30,))
-    sampler = BatchSampler(np.array([0, 10]), np.array([10, 20]), 4, np.random.default_rng(seed), torch.device("cpu"))
-    return LocalTrainer(FlatModel(module, torch.device("cpu")), x, y, sampler), module, x, y
+    sampler = BatchSampler(np.array([0, 10]), np.array([10, 20]), 4, np.random.SeedSequence(seed))
+    return LocalTrainer(FlatModel(module, torch.device("cpu")), x, y), sampler, x, y
 
 
 def test_batches_are_shuffled_epochs_of_the_client_own_samples():
-    sampler = BatchSampler(np.array([0, 10]), np.array([10, 3]), 4, np.random.default_rng(2), torch.device("cpu"))
-    first = torch.cat([sampler.next(0) for _ in range(5)])  # 20 indices: two whole epochs of client 0
+    sampler = BatchSampler(np.array([0, 10]), np.array([10, 3]), 4, np.random.SeedSequence(2))
+    first = sampler.next(0, 5).reshape(-1)  # 20 indices: two whole epochs of client 0
     assert sorted(first[:10].tolist()) == list(range(10)) and sorted(first[10:].tolist()) == list(range(10))
-    small = torch.cat([sampler.next(1) for _ in range(3)])  # client 1 has 3 samples, batches of 4
+    small = np.concatenate([sampler.next(1) for _ in range(3)]).reshape(-1)  # client 1 has 3 samples, batches of 4
     assert sorted(small.tolist()) == [10] * 4 + [11] * 4 + [12] * 4
 
 
+def test_client_streams_are_children_of_the_batches_seed_and_ignore_the_draw_order():
+    """Client i's permutations come from child i of the seed sequence; a client's k-th batch is
+    the same however the clients' draws interleave and however many batches a draw takes."""
+    seed = np.random.SeedSequence(5)
+    sizes = np.array([7, 5, 9])
+    a = BatchSampler(np.array([0, 7, 12]), sizes, 3, seed)
+    b = BatchSampler(np.array([0, 7, 12]), sizes, 3, seed)
+    first = a.next(1, 200).reshape(-1)
+    child = np.random.default_rng(np.random.SeedSequence(5).spawn(3)[1])
+    epochs = np.concatenate([child.permutation(5) for _ in range(120)]) + 7
+    assert first.tolist() == epochs[:600].tolist()
+    for _ in range(150):  # b draws client 1 one batch at a time, interleaved with the others
+        b.next(0), b.next(2, 2)
+    interleaved = np.concatenate([np.concatenate([b.next(1), b.next(0)])[:1] for _ in range(200)]).reshape(-1)
+    assert np.array_equal(interleaved, first)
+
+
 def test_gradient_is_the_autograd_gradient_of_the_batch_at_the_given_version():
-    trainer, module, x, y = make_trainer()
+    trainer, sampler, x, y = make_trainer()
     flat = trainer.flat
     version = flat.flatten() + 0.1 * torch.randn(flat.size)
-    expected_idx = BatchSampler(np.array([0, 10]), np.array([10, 20]), 4, np.random.default_rng(0),
-                                torch.device("cpu")).next(1)
-    g = torch.cat([t.reshape(-1) for t in trainer.gradient(flat.views(version), 1)])
+    idx = torch.from_numpy(sampler.next(1)[0])
+    g = torch.cat([t.reshape(-1) for t in trainer.gradient(flat.views(version), idx)])
     reference = model({"name": "mlp", "hidden": [5]})
     with torch.no_grad():
         for p, v in zip(reference.parameters(), flat.views(version)):
             p.copy_(v)
-    F.cross_entropy(reference(x[expected_idx]), y[expected_idx]).backward()
+    F.cross_entropy(reference(x[idx]), y[idx]).backward()
     torch.testing.assert_close(g, torch.cat([p.grad.reshape(-1) for p in reference.parameters()]))
 
 
 def test_local_model_runs_k_proximal_sgd_steps_from_the_start():
-    trainer, _, _, _ = make_trainer(1)
-    check, _, _, _ = make_trainer(1)  # same data, same batches
+    trainer, sampler, _, _ = make_trainer(1)
     start = trainer.flat.flatten()
     lr, prox = 0.1, 0.5
-    out = trainer.local_model(start, 0, 3, lr, prox=prox).clone()
+    batches = sampler.next(0, 3)
+    out = trainer.local_model(start, batches, lr, prox=prox)
     x = start.clone()
-    for _ in range(3):
-        g = torch.cat([t.reshape(-1) for t in check.gradient(check.flat.views(x), 0)])
+    for k in range(3):
+        g = torch.cat([t.reshape(-1) for t in trainer.gradient(trainer.flat.views(x), batches[k])])
         x = x - lr * (g + prox * (x - start))
     torch.testing.assert_close(out, x)
     assert not torch.equal(out, start)

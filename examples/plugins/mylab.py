@@ -10,7 +10,6 @@ import math
 import numpy as np
 
 from fedsim.distributions import MeanCvDistribution, register_distribution
-from fedsim.errors import ScenarioError
 from fedsim.fields import Field, integer, positive
 from fedsim.routing import register_routing
 from fedsim.training.algorithms import UpdateRule, register_algorithm
@@ -37,19 +36,15 @@ def sqrt_rate(groups):
 
 @register_algorithm
 class DampedAsyncSGD(UpdateRule):
-    """w <- w - lr (1 + tau)^(-power) g_i(w_s): the staler the gradient, the smaller the step."""
+    """w <- w - lr (1 + tau)^(-power) g_i(w_s): the staler the gradient, the smaller the step
+    (with local_steps > 1, the client's model change is damped the same way)."""
 
     name = "damped_async_sgd"
     fields = {"power": Field(1.0, positive, "exponent of the damping factor (1 + tau)^-power")}
 
-    def __init__(self, params, context):
-        super().__init__(params, context)
-        if self.local_steps != 1:
-            raise ScenarioError("training.algorithm.local_steps", "damped_async_sgd takes one gradient per task")
-
-    def complete(self, client, version, staleness):
-        step = -self.lr * (1.0 + staleness) ** -self.params["power"]
-        self.model.add_(self.trainer.gradient(version.views, client), alpha=step)
+    def apply(self, client, result, staleness, version_step):
+        damping = (1.0 + staleness) ** -self.params["power"]
+        self.model.add_(result, alpha=-self.lr * damping if self.local_steps == 1 else damping)
 
 
 BLOBS_FIELDS = {

@@ -21,7 +21,7 @@ from fedsim.errors import ScenarioError
 from fedsim.scenario import Scenario
 
 FILENAME = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
 
 
 def _scenario_key(scenario: Scenario) -> str:

@@ -10,10 +10,12 @@
       eval: {every_updates: 500}
       device: cpu                     # cpu | cuda | auto (cuda when available)
       threads: 1                      # torch CPU threads
+      batched: auto                   # auto | true | false: in-flight tasks' work computed together
 
 Defaults: dataset ``synthetic``; partition ``natural`` for synthetic data (each client keeps the
 data generated for it), ``iid`` otherwise; model ``mlp``; algorithm ``generalized_async_sgd``;
-evaluation every 500 updates; device ``cpu``; ``threads: 1`` (``torch.set_num_threads``: the
+evaluation every 500 updates; device ``cpu``; ``batched: auto`` (see
+:mod:`fedsim.training.batching`); ``threads: 1`` (``torch.set_num_threads``: the
 per-update tensors of federated models are small, and one thread is the fastest for them and
 immune to other processes competing for the cores; raise it for large models). Each plug-in's own fields are declared next to it
 (:mod:`fedsim.training.datasets`, :mod:`~fedsim.training.partition`,
@@ -35,7 +37,7 @@ from fedsim.fields import Component, check_int, check_mapping, choice, frozen, n
 from fedsim.training.models import MODELS, is_factory_path
 from fedsim.training.partition import PARTITIONS
 
-TRAINING_FIELDS = ("dataset", "partition", "model", "algorithm", "eval", "device", "threads")
+TRAINING_FIELDS = ("dataset", "partition", "model", "algorithm", "eval", "device", "threads", "batched")
 DEVICES = ("cpu", "cuda", "auto")
 DEFAULT_EVAL_EVERY = 500
 
@@ -55,6 +57,7 @@ class TrainingConfig:
     eval_every: int = DEFAULT_EVAL_EVERY
     device: str = "cpu"
     threads: int = 1
+    batched: str | bool = "auto"
     base_dir: Path | None = field(default=None, compare=False)
 
     @property
@@ -75,6 +78,7 @@ class TrainingConfig:
             "eval": {"every_updates": self.eval_every},
             "device": self.device,
             "threads": self.threads,
+            "batched": self.batched,
         }
 
 
@@ -154,8 +158,11 @@ def parse_training(raw: Any, path: str = "training", base_dir: Path | None = Non
     every = check_int(evaluation.get("every_updates", DEFAULT_EVAL_EVERY), f"{path}.eval.every_updates", 1)
     device = choice(*DEVICES)(doc.get("device", "cpu"), f"{path}.device")
     threads = check_int(doc.get("threads", 1), f"{path}.threads", 1)
+    batched = doc.get("batched", "auto")
+    if not (isinstance(batched, bool) or batched == "auto"):
+        raise ScenarioError(f"{path}.batched", f"must be auto, true or false, got {batched!r}")
     return TrainingConfig(dataset=dataset, partition=partition, model=model, algorithm=algorithm,
-                          eval_every=every, device=device, threads=threads, base_dir=base_dir)
+                          eval_every=every, device=device, threads=threads, batched=batched, base_dir=base_dir)
 
 
 def parse_section(raw: Any, draft: ScenarioDraft) -> TrainingConfig:

@@ -51,13 +51,15 @@ def check_clients_per_round(scenario: Scenario, m: int) -> None:
 
 class Rounds:
     """The round loop; :meth:`run` goes to the horizon, saving a checkpoint every
-    ``checkpoint_every`` client updates when ``save`` is given."""
+    ``checkpoint_every`` client updates when ``save`` is given. ``clients`` computes the round's
+    local models (one call for the whole round when it is batched)."""
 
-    def __init__(self, scenario: Scenario, workload: Workload, rule: RoundRule, monitor: Monitor, *,
+    def __init__(self, scenario: Scenario, workload: Workload, rule: RoundRule, clients: Any, monitor: Monitor, *,
                  checkpoint_every: int | None = None, save: Any = None) -> None:
         self.scenario = scenario
         self.workload = workload
         self.rule = rule
+        self.clients = clients
         self.monitor = monitor
         self.m = rule.params["clients_per_round"]
         check_clients_per_round(scenario, self.m)
@@ -88,7 +90,7 @@ class Rounds:
             clients, duration = self.draw()
             if h.time is not None and r.sim_time + duration > h.time:
                 break
-            self.rule.round([int(c) for c in clients])
+            self.round([int(c) for c in clients])
             r.rounds += 1
             r.updates += self.m
             r.sim_time += duration
@@ -102,6 +104,13 @@ class Rounds:
                     self.save(self.state_dict())
         self.monitor.finish(r.updates, r.sim_time)
         return r
+
+    def round(self, clients: list[int]) -> None:
+        """The round's clients compute from the current model, then the rule aggregates."""
+        steps = self.rule.work.steps
+        batches = [self.workload.sampler.next(c, steps) for c in clients]
+        current = self.rule.model.current
+        self.rule.aggregate(clients, self.clients.compute(self.rule.work, [current] * len(clients), batches))
 
     def state_dict(self) -> dict[str, Any]:
         r = self.result

@@ -15,21 +15,27 @@ from fedsim.errors import ScenarioError
 
 
 class FlatModel:
-    """``module`` with its trainable parameters laid out in flat float32 vectors of length ``size``."""
+    """``module`` with its trainable parameters laid out in flat vectors of length ``size``.
 
-    def __init__(self, module: nn.Module, device: torch.device, path: str = "training.model") -> None:
-        self.module = module.to(device)
-        self.params = [p for p in self.module.parameters() if p.requires_grad]
-        if not self.params:
+    The module must come with float32 parameters; ``dtype`` float64 converts it (a reference
+    run for numerical checks).
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, path: str = "training.model",
+                 dtype: torch.dtype = torch.float32) -> None:
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
             raise ScenarioError(path, "the model has no trainable parameters")
-        dtypes = {p.dtype for p in self.params}
+        dtypes = {p.dtype for p in params}
         if dtypes != {torch.float32}:
             raise ScenarioError(path, f"model parameters must all be float32, got {sorted(map(str, dtypes))}")
+        self.module = module.to(device=device, dtype=dtype)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.size = sum(self.numels)
         self.device = device
-        self.grad = torch.zeros(self.size, device=device)
+        self.grad = torch.zeros(self.size, device=device, dtype=dtype)
         for p, g in zip(self.params, self.views(self.grad)):
             p.grad = g
         self._bound: list[torch.Tensor] | None = None

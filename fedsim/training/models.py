@@ -31,21 +31,23 @@ FACTORY_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
 @dataclass(frozen=True)
 class ModelKind:
-    """A registered model: its fields, its factory, and whether it needs image inputs."""
+    """A registered model: its fields, its factory, whether it needs image inputs, and the
+    batched gradient kernel that computes it (:mod:`fedsim.training.kernels`; None: vmap)."""
 
     name: str
     fields: dict[str, Field]
     build: Callable[..., Any]
     images_only: bool = False
+    kernel: str | None = None
 
 
 MODELS: dict[str, ModelKind] = {}
 
 
-def register_model(name: str, fields: dict[str, Field] | None = None, *, images_only: bool = False
-                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register_model(name: str, fields: dict[str, Field] | None = None, *, images_only: bool = False,
+                   kernel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
-        MODELS[name] = ModelKind(name, fields or {}, build, images_only)
+        MODELS[name] = ModelKind(name, fields or {}, build, images_only, kernel)
         return build
 
     return decorate
@@ -58,7 +60,7 @@ def _features(input_shape: tuple[int, ...]) -> int:
     return size
 
 
-@register_model("logistic")
+@register_model("logistic", kernel="dense")
 def logistic(input_shape: tuple[int, ...], classes: int) -> Any:
     """Softmax regression: logits = W x + b on the flattened input."""
     from torch import nn
@@ -66,7 +68,8 @@ def logistic(input_shape: tuple[int, ...], classes: int) -> Any:
     return nn.Sequential(nn.Flatten(), nn.Linear(_features(input_shape), classes))
 
 
-@register_model("mlp", {"hidden": Field((200,), int_list(1, min_length=1), "widths of the hidden layers")})
+@register_model("mlp", {"hidden": Field((200,), int_list(1, min_length=1), "widths of the hidden layers")},
+                kernel="dense")
 def mlp(input_shape: tuple[int, ...], classes: int, hidden: tuple[int, ...]) -> Any:
     """Fully connected ReLU network on the flattened input (the 2NN of McMahan et al. has [200, 200])."""
     from torch import nn
@@ -82,7 +85,7 @@ def mlp(input_shape: tuple[int, ...], classes: int, hidden: tuple[int, ...]) -> 
 
 @register_model("cnn", {"channels": Field((32, 64), int_list(1, min_length=1), "channels of the 5x5 conv layers"),
                         "hidden": Field((512,), int_list(1, min_length=1), "width of the dense layer")},
-                images_only=True)
+                images_only=True, kernel="cnn")
 def cnn(input_shape: tuple[int, ...], classes: int, channels: tuple[int, ...], hidden: tuple[int, ...]) -> Any:
     """CNN of McMahan et al. (2017): [5x5 conv, ReLU, 2x2 max-pool] per entry of ``channels``,
     then dense ReLU layer(s) and the output layer (32, 64 channels and 512 units by default)."""

@@ -121,14 +121,19 @@ def _fmt(row: Row) -> list[str]:
 def training_figure(curve: pd.DataFrame, title: str) -> Any:
     """Test accuracy (top) and train/test loss (bottom) against simulated time (left) and
     against updates (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex="col")
+    from fedsim.plots import STYLE
+
+    with plt.style.context(STYLE):
+        fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex="col")
+        _curves(axes, curve)
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.18, hspace=0.25)
+    return fig
+
+
+def _curves(axes: Any, curve: pd.DataFrame) -> None:
     for col, x, label in ((0, "sim_time", "simulated time"), (1, "update", "updates applied")):
         axes[0, col].plot(curve[x], curve["test_accuracy"], marker="o", ms=3, color="C0")
         axes[0, col].set(ylabel="test accuracy", title=f"accuracy vs {label}")
@@ -136,6 +141,3 @@ def training_figure(curve: pd.DataFrame, title: str) -> Any:
         axes[1, col].plot(curve[x], curve["test_loss"], marker="o", ms=3, color="C2", label="test")
         axes[1, col].set(xlabel=label, ylabel="cross-entropy loss", title=f"loss vs {label}")
         axes[1, col].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.18, hspace=0.25)
-    return fig

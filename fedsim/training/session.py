@@ -10,8 +10,10 @@ Run folder additions: ``training.csv`` and ``training.png`` (see :mod:`fedsim.tr
 ``model.pt``, the final global model as a ``state_dict`` of the model; ``checkpoint.pt`` with
 ``--checkpoint-every``; a ``data_size`` column in ``clients.csv``; in ``summary.json``:
 ``final_accuracy``, ``best_accuracy``, ``best_accuracy_update``, ``final_train_loss``,
-``final_test_loss``, ``evaluations``, ``model_parameters``, ``max_alive_versions`` and
-``resumed_from_update``.
+``final_test_loss``, ``evaluations``, ``model_parameters``, ``max_alive_versions``,
+``resumed_from_update``, and how the clients' work was computed: ``batched`` (true or false),
+``client_kernel`` (``autograd``, ``dense``, ``cnn`` or ``vmap``), ``batched_reason`` (why a run
+that could have been batched was not; null otherwise) and ``mean_window`` (tasks per window).
 
 When a session starts it sets torch's number of CPU threads (``training.threads``) and seeds
 torch's global generator from the training stream (which only matters for models with
@@ -31,8 +33,10 @@ from fedsim import __version__
 from fedsim.report import atomic_write, write_csv, write_json
 from fedsim.scenario import Scenario
 from fedsim.training.algorithms import ALGORITHMS, Context
+from fedsim.training.batching import choose_clients
 from fedsim.training.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from fedsim.training.fedavg import Rounds, RoundsResult, rounds_table
+from fedsim.training.kernels import expected_window
 from fedsim.training.observer import TrainingObserver
 from fedsim.training.record import Monitor, TrainingRecord, training_figure
 from fedsim.training.versions import ModelVersions
@@ -44,18 +48,19 @@ class TrainingSession:
 
     ``out`` is the run folder (None: nothing is written, the curve stays in memory);
     ``checkpoint_every`` (updates) writes ``out/checkpoint.pt``; ``resume`` is a run folder
-    whose checkpoint the run continues from.
+    whose checkpoint the run continues from; ``dtype`` float64 trains in double precision (a
+    reference for numerical checks).
     """
 
     def __init__(self, scenario: Scenario, out: Path | None = None, *, checkpoint_every: int | None = None,
-                 resume: Path | None = None) -> None:
+                 resume: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
         cfg = scenario.training
         self.scenario = scenario
         self.out = out
         state = load_checkpoint(resume, scenario) if resume is not None else None
         self.resumed_from = state["updates"] if state is not None else None
         torch.set_num_threads(cfg.threads)
-        self.workload = wl = build_workload(scenario)
+        self.workload = wl = build_workload(scenario, dtype)
         torch.manual_seed(wl.torch_seed)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -64,8 +69,9 @@ class TrainingSession:
                                      state["rows"] if state is not None else None)
         self.model = model = ModelVersions(wl.w0.clone(), wl.flat.views)
         self.monitor = Monitor(lambda: wl.evaluator(model.w), self.record, cfg.eval_every)
-        self.rule = ALGORITHMS[cfg.algorithm.name](cfg.algorithm.kwargs,
-                                                   Context(model, wl.trainer, scenario.p, wl.sizes))
+        self.rule = rule = ALGORITHMS[cfg.algorithm.name](cfg.algorithm.kwargs, Context(model, scenario.p, wl.sizes))
+        window = rule.params["clients_per_round"] if rule.synchronous else expected_window(scenario.concurrency)
+        self.choice = choose_clients(cfg, wl.trainer, wl.w0, window)
         save = None
         if checkpoint_every is not None:
             if out is None:
@@ -75,13 +81,15 @@ class TrainingSession:
         self.observer: TrainingObserver | None = None
         self.rounds: Rounds | None = None
         if self.rule.synchronous:
-            self.rounds = Rounds(scenario, wl, self.rule, self.monitor, checkpoint_every=checkpoint_every, save=save)
+            self.rounds = Rounds(scenario, wl, rule, self.choice.clients, self.monitor,
+                                 checkpoint_every=checkpoint_every, save=save)
             if state is not None:
                 self.rounds.load_state_dict(state)
             else:
                 self.rounds.start()
         else:
-            self.observer = TrainingObserver(wl, self.rule, self.monitor, checkpoint_every=checkpoint_every, save=save)
+            self.observer = TrainingObserver(wl, rule, self.choice.clients, self.monitor,
+                                             checkpoint_every=checkpoint_every, save=save)
             if state is not None:
                 self.observer.resume_from(state)
             else:
@@ -115,7 +123,21 @@ class TrainingSession:
             "model_parameters": self.workload.flat.size,
             "max_alive_versions": None if self.synchronous else self.model.max_alive,
             "resumed_from_update": self.resumed_from,
+            "batched": self.choice.batched,
+            "client_kernel": self.choice.kernel,
+            "batched_reason": self.choice.reason,
+            "mean_window": self.mean_window,
         }
+
+    @property
+    def mean_window(self) -> float | None:
+        """Mean number of tasks whose work was computed together, per window (None before any)."""
+        if self.rounds is not None:
+            if not self.rounds.result.rounds:
+                return None
+            return float(self.rounds.m) if self.choice.batched else 1.0
+        obs = self.observer
+        return obs.window_tasks / obs.windows if obs is not None and obs.windows else None
 
     # -----------------------------------------------------------------------------------
     # FedAvg

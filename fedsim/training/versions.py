@@ -4,11 +4,11 @@ The global model *is* its current :class:`Version`. A task dispatched now carrie
 version (a shared reference, no copy). When the model changes while tasks still hold the
 current version, the new model is written out of place into a fresh buffer,
 ``w_new = w + alpha x`` in one pass, so taking the snapshot costs nothing beyond the update
-itself; when nobody holds it, the model is changed in place. A version whose last task has
-completed, and which is no longer current, returns its buffer to a pool. So at most C + 1
-versions are alive (one per in-flight task, plus the current model), and all tasks dispatched
-while the model does not change (the C initial tasks; FedBuff between two server steps) share
-one version.
+itself; when nobody holds it, the model is changed in place. A version released by its last
+task (once that task's work is computed, before the rule changes the model), and which is no
+longer current, returns its buffer to a pool. So at most C versions are alive (those of the
+other C - 1 in-flight tasks, plus the new model), and all tasks dispatched while the model does
+not change (the C initial tasks; FedBuff between two server steps) share one version.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ModelVersions:
         return v
 
     def release(self, v: Version) -> None:
-        """A task carrying ``v`` has completed."""
+        """A task carrying ``v`` no longer needs it (its work is computed)."""
         v.refs -= 1
         if v.refs == 0 and v is not self.current:
             self.held.discard(v)

@@ -2,7 +2,8 @@
 
 Randomness: the scenario's ``training`` stream is split with ``SeedSequence.spawn`` into
 ``data`` (synthetic generation), ``partition``, ``init`` (model initialisation), ``batches``
-(the clients' mini-batches) and ``torch`` (the global torch generator, for stochastic layers).
+(the clients' mini-batches: child i of it is client i's stream) and ``torch`` (the global
+torch generator, for stochastic layers).
 None of them touches the ``service`` and ``routing`` streams, so the queueing sample path is
 the same with and without training.
 """
@@ -62,8 +63,9 @@ class Workload:
     torch_seed: int
 
 
-def build_workload(scenario: Scenario) -> Workload:
-    """Load and split the data, build the model and the clients' trainer for ``scenario``."""
+def build_workload(scenario: Scenario, dtype: torch.dtype = torch.float32) -> Workload:
+    """Load and split the data, build the model and the clients' trainer for ``scenario``
+    (``dtype`` float64: model and inputs in double precision, for numerical checks)."""
     cfg: TrainingConfig = scenario.training
     n = scenario.n_clients
     seeds = training_seeds(scenario.seed)
@@ -74,20 +76,20 @@ def build_workload(scenario: Scenario) -> Workload:
     sizes = np.array([len(p) for p in parts], dtype=np.int64)
     order = np.concatenate(parts)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    x_train = torch.from_numpy(np.ascontiguousarray(data.x_train[order])).to(device)
+    x_train = torch.from_numpy(np.ascontiguousarray(data.x_train[order])).to(device, dtype)
     y_train = torch.from_numpy(data.y_train[order]).to(device)
     client_of = torch.from_numpy(np.repeat(np.arange(n), sizes)).to(device)
-    x_test = torch.from_numpy(data.x_test).to(device)
+    x_test = torch.from_numpy(data.x_test).to(device, dtype)
     y_test = torch.from_numpy(data.y_test).to(device)
     init_seed = int(seeds["init"].generate_state(1, np.uint64)[0] >> np.uint64(1))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes,
                              base_dir=cfg.base_dir)
-    flat = FlatModel(module, device)
+    flat = FlatModel(module, device, dtype=dtype)
     w0 = flat.flatten()
-    sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], np.random.default_rng(seeds["batches"]), device)
-    trainer = LocalTrainer(flat, x_train, y_train, sampler)
+    sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], seeds["batches"])
+    trainer = LocalTrainer(flat, x_train, y_train)
     evaluator = Evaluator(flat, x_train, y_train, client_of, torch.from_numpy(sizes).to(device), x_test, y_test)
     torch_seed = int(seeds["torch"].generate_state(1, np.uint64)[0] >> np.uint64(1))
     return Workload(cfg, data.input_shape, data.classes, sizes, flat, w0, sampler, trainer, evaluator, device, torch_seed)

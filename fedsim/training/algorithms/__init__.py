@@ -14,6 +14,7 @@ import pkgutil
 from fedsim.training.algorithms.base import (
     ALGORITHMS,
     COMMON_FIELDS,
+    ClientWork,
     Context,
     Rule,
     RoundRule,
@@ -25,4 +26,5 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["ALGORITHMS", "COMMON_FIELDS", "Context", "RoundRule", "Rule", "UpdateRule", "register_algorithm"]
+__all__ = ["ALGORITHMS", "COMMON_FIELDS", "ClientWork", "Context", "RoundRule", "Rule", "UpdateRule",
+           "register_algorithm"]

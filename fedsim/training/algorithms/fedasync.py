@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.training.algorithms.base import UpdateRule, register_algorithm
 from fedsim.fields import Field, between, choice, nonnegative
+from fedsim.training.algorithms.base import ClientWork, UpdateRule, register_algorithm
 
 
 def staleness_weight(kind: str, tau: int, a: float, b: float) -> float:
@@ -40,11 +40,11 @@ class FedAsync(UpdateRule):
         super().__init__(params, context)
         self.alpha, self.kind = params["alpha"], params["staleness"]
         self.a, self.b, self.rho = params["a"], params["b"], params["rho"]
+        self.work = ClientWork(self.local_steps, self.lr, "model", prox=self.rho)
 
     def mixing(self, staleness: int) -> float:
         """a_t = alpha * s(staleness)."""
         return self.alpha * staleness_weight(self.kind, staleness, self.a, self.b)
 
-    def complete(self, client: int, version: Any, staleness: int) -> None:
-        local = self.trainer.local_model(version.flat, client, self.local_steps, self.lr, prox=self.rho)
-        self.model.lerp_(local, self.mixing(staleness))
+    def apply(self, client: int, result: Any, staleness: int, version_step: int) -> None:
+        self.model.lerp_(result, self.mixing(staleness))  # result: w_client

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.training.algorithms.base import RoundRule, register_algorithm
 from fedsim.fields import Field, integer
+from fedsim.training.algorithms.base import ClientWork, RoundRule, register_algorithm
 
 
 @register_algorithm
@@ -14,7 +14,7 @@ class FedAvg(RoundRule):
 
     Each client k of the round runs ``local_steps`` SGD steps from the current w, giving w_k;
     m_k is its number of training samples. The round loop (which clients, how long a round
-    takes) is :func:`fedsim.training.fedavg.run_rounds`.
+    takes) is :class:`fedsim.training.fedavg.Rounds`.
     """
 
     name = "fedavg"
@@ -24,11 +24,11 @@ class FedAvg(RoundRule):
         super().__init__(params, context)
         self.sizes = [float(s) for s in context.sizes]
         self.sum = self.model.w.new_zeros(self.model.w.shape)
+        self.work = ClientWork(self.local_steps, self.lr, "model")
 
-    def round(self, clients: list[int]) -> None:
+    def aggregate(self, clients: list[int], results: list[Any]) -> None:
         total = sum(self.sizes[c] for c in clients)
         self.sum.zero_()
-        for c in clients:
-            self.sum.add_(self.trainer.local_model(self.model.w, c, self.local_steps, self.lr),
-                          alpha=self.sizes[c] / total)
+        for c, local in zip(clients, results):
+            self.sum.add_(local, alpha=self.sizes[c] / total)
         self.model.copy_(self.sum)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedsim.training.algorithms.base import UpdateRule, register_algorithm
 from fedsim.fields import Field, integer, positive
+from fedsim.training.algorithms.base import ClientWork, UpdateRule, register_algorithm
 
 
 @register_algorithm
@@ -31,11 +31,11 @@ class FedBuff(UpdateRule):
         self.size, self.server_lr = params["buffer_size"], params["server_lr"]
         self.buffer = self.model.w.new_zeros(self.model.w.shape)
         self.count = 0
+        self.work = ClientWork(self.local_steps, self.lr, "delta")
 
-    def complete(self, client: int, version: Any, staleness: int) -> None:
-        delta = self.trainer.local_model(version.flat, client, self.local_steps, self.lr).sub_(version.flat)
-        lag = self.model.step - version.step
-        self.buffer.add_(delta, alpha=1.0 / math.sqrt(1.0 + lag))
+    def apply(self, client: int, result: Any, staleness: int, version_step: int) -> None:
+        lag = self.model.step - version_step  # result: delta_i = w_client - w_s
+        self.buffer.add_(result, alpha=1.0 / math.sqrt(1.0 + lag))
         self.count += 1
         if self.count == self.size:
             self.model.add_(self.buffer, alpha=self.server_lr / self.size)

@@ -36,9 +36,6 @@ class GeneralizedAsyncSGD(UpdateRule):
         """The weight of each client's update: 1 / (n p_i)."""
         return 1.0 / (len(p) * p)
 
-    def complete(self, client: int, version: Any, staleness: int) -> None:
-        if self.local_steps == 1:
-            self.model.add_(self.trainer.gradient(version.views, client), alpha=self.step[client])
-        else:
-            local = self.trainer.local_model(version.flat, client, self.local_steps, self.lr)
-            self.model.add_(local.sub_(version.flat), alpha=self.weight[client])
+    def apply(self, client: int, result: Any, staleness: int, version_step: int) -> None:
+        # result: g_i(w_s) (one local step) or w_client - w_s (several)
+        self.model.add_(result, alpha=self.step[client] if self.local_steps == 1 else self.weight[client])
