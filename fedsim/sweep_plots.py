@@ -27,8 +27,9 @@ Every other grid column splits the points into series (one colour or line style 
 combination of values); with several series the legends sit outside the axes, so they never
 cover data. Seeds are independent replications, so the intervals are
 ``mean +- t_{k-1, 0.975} sd / sqrt(k)`` over the k seeds of a grid point. The figures are
-drawn on their own ``Figure`` objects inside a style context: nothing of matplotlib's or
-seaborn's global state is changed.
+drawn on their own ``Figure`` objects inside a style context (seaborn's look from the style
+sheets matplotlib ships): nothing of matplotlib's global state is changed, and neither pyplot
+nor seaborn is imported.
 """
 
 from __future__ import annotations
@@ -55,20 +56,27 @@ FIGURES = ("throughput_staleness", "group_staleness", "staleness_distribution", 
            "accuracy_vs_time", "time_to_target")
 
 
+# seaborn's look (white grid, notebook sizes, the "deep" palette) from the style sheets
+# matplotlib ships: no seaborn import, and only inside :func:`_style`
+STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-notebook", "seaborn-v0_8-deep")
+
+
 @contextmanager
 def _style() -> Iterator[None]:
-    """seaborn's ``whitegrid`` style and ``notebook`` context for the figures drawn in the block."""
-    import matplotlib
-    import seaborn as sns
+    """The style of fedsim's figures for those drawn and saved in the block; matplotlib's
+    settings are restored afterwards."""
+    import matplotlib.style
 
-    with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+    with matplotlib.style.context(STYLE):
         yield
 
 
-def _palette(n: int) -> list:
-    import seaborn as sns
+def _palette(n: int) -> list[str]:
+    """The first ``n`` colours of the current colour cycle (repeated if needed)."""
+    import matplotlib
 
-    return sns.color_palette("deep", n)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [colors[i % len(colors)] for i in range(n)]
 
 
 def seed_interval(values: pd.Series) -> tuple[float, float]:
@@ -456,10 +464,10 @@ def make_figures(results: Path, out: Path, prefix: str = "", cell: str | None = 
             figures["accuracy_vs_time"] = accuracy_time_figure(curves, grid, targets, name)
             if targets:
                 figures["time_to_target"] = time_to_target_figure(df, grid, targets, name)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key, fig in figures.items():
-        path = out / f"{prefix}{key}.png"
-        fig.savefig(path, dpi=DPI)
-        written.append(path)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for key, fig in figures.items():
+            path = out / f"{prefix}{key}.png"
+            fig.savefig(path, dpi=DPI)
+            written.append(path)
     return written
