@@ -28,6 +28,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_resources.py
+	$(PY) benchmarks/bench_histograms.py
 
 plots: $(STAMP)
 	$(VENV)/bin/fedsim plot $(RESULTS)

@@ -1,26 +1,38 @@
 """Command line: ``fedsim run | analytic | validate | sweep | plot | optimize``.
 
 Bad input (a ScenarioError) prints one line, ``error: <field path>: <what is allowed>``, on
-stderr, writes nothing, and exits with status 2. A run that stops early (RunStopped: training
-that diverged) prints one line too, keeps what it wrote, and exits with status 1.
+stderr, writes nothing, and exits with status 2; every check that can be made before a run
+is made before its output folder is touched. A run that stops early (RunStopped: training
+that diverged) prints one line, publishes what it wrote (without summary.json), and exits
+with status 1; a run that fails part-way (a user's model raising) prints one line naming the
+component, publishes nothing and exits with status 1 (``--debug`` adds the traceback).
+Ctrl-C prints one line and exits with status 130, leaving the output folder as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
 from fedsim import __version__
-from fedsim.errors import RunStopped, ScenarioError
+from fedsim.errors import RunFailed, RunStopped, ScenarioError
+from fedsim.inputs import one_line
 from fedsim.optimize.objective import OBJECTIVES
+from fedsim.paths import parse_assignment
 from fedsim.scenario import Scenario, load_scenario
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 1
+EXIT_INTERRUPTED = 130
+CHECKPOINT = "checkpoint.pt"  # fedsim.training.checkpoint.FILENAME, without importing torch
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -33,10 +45,16 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
     return decorate
 
 
-def _fmt(x: float, ci: float | None = None) -> str:
+def _num(x: Any) -> float:
+    """A number of summary.json (null where it is not finite) as a float."""
+    return float("nan") if x is None else float(x)
+
+
+def _fmt(x: Any, ci: Any = None) -> str:
+    x, ci = _num(x), _num(ci)
     if not np.isfinite(x):
         return "-"
-    return f"{x:.4g}" if ci is None or not np.isfinite(ci) else f"{x:.4g} ± {ci:.2g}"
+    return f"{x:.4g}" if not np.isfinite(ci) else f"{x:.4g} ± {ci:.2g}"
 
 
 def print_groups(groups: list[dict], exact: bool) -> None:
@@ -44,69 +62,141 @@ def print_groups(groups: list[dict], exact: bool) -> None:
     head = f"{'group':<16}{'clients':>8}{'p(group)':>10}{'staleness sim':>22}{'analytic':>12}{'rel. err':>10}"
     print(head)
     for g in groups:
-        rel = (g["staleness_sim"] - g["staleness_analytic"]) / g["staleness_analytic"] \
-            if g["staleness_analytic"] else float("nan")
-        print(f"{g['group']:<16}{g['clients']:>8}{g['p_group']:>10.4f}"
-              f"{_fmt(g['staleness_sim'], g['staleness_ci']):>22}{_fmt(g['staleness_analytic']):>12}"
+        sim, analytic = _num(g["staleness_sim"]), _num(g["staleness_analytic"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = (sim - analytic) / analytic if analytic else float("nan")
+        print(f"{g['group']:<16}{g['clients']:>8}{_num(g['p_group']):>10.4f}"
+              f"{_fmt(sim, g['staleness_ci']):>22}{_fmt(analytic):>12}"
               f"{format(100 * rel, '+.2f') + '%' if np.isfinite(rel) else '-':>10}")
     if not exact:
         print("(non-exponential services: the analytical values are the product-form approximation)")
 
 
+def _scenario(args: argparse.Namespace) -> Scenario:
+    """The command's scenario file with its ``--set PATH=VALUE`` overrides."""
+    overrides = dict(parse_assignment(text) for text in args.set or ())
+    return load_scenario(args.scenario, overrides, where="--set ")
+
+
+def _max_memory(args: argparse.Namespace) -> int | None:
+    from fedsim.resources import parse_size
+
+    return parse_size(args.max_memory) if args.max_memory is not None else None
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedsim.report import summary, write_run
-    from fedsim.run import simulate
+    from fedsim.folders import OutputFolder, check_out, disk_error
+    from fedsim.report import write_files
+    from fedsim.run import preflight, run_scenario
 
-    scenario = load_scenario(args.scenario)
+    scenario = _scenario(args)
     resume = Path(args.resume) if args.resume else None
-    out = Path(args.out) if args.out else resume or Path("results") / Path(args.scenario).stem
+    out = check_out(Path(args.out) if args.out else resume or Path("results") / Path(args.scenario).stem,
+                    replace=True)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ScenarioError("--checkpoint-every", f"must be a positive number of updates, got {args.checkpoint_every}")
     if scenario.training is None and (args.checkpoint_every or resume):
         raise ScenarioError("--resume" if resume else "--checkpoint-every", "only for scenarios with a training: section")
-    out.mkdir(parents=True, exist_ok=True)
-    training = None
-    if scenario.training is not None:
-        from fedsim.training.session import TrainingSession
+    if resume is not None:
+        from fedsim.training.checkpoint import load_checkpoint
 
-        training = TrainingSession(scenario, out, checkpoint_every=args.checkpoint_every, resume=resume)
-        if training.synchronous:
-            s = training.write_rounds(training.run_rounds())
-            print(f"{scenario.name}: fedavg, {s['rounds']} rounds ({s['updates']} client updates) in "
-                  f"{s['sim_time']:.6g} time units ({s['wall_seconds']:.2f} s wall); results in {out}")
-            print(f"final test accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f})")
-            return 0
-    result = simulate(scenario, observers=[training.observer] if training else [],
-                      trace=out / "trace.parquet" if args.trace else None,
-                      progress=not args.quiet and sys.stderr.isatty())
-    extra = training.finish() if training else None
-    write_run(result, out, extra=extra, columns=training.client_columns() if training else None)
-    s = summary(result)
+        load_checkpoint(resume, scenario)  # a wrong or unsafe checkpoint is refused before anything runs
+    checked = preflight(scenario, trace=args.trace, max_memory=_max_memory(args))
+    with OutputFolder(out) as folder:
+        checkpoint = folder.ensure_out() / CHECKPOINT if args.checkpoint_every else None
+        before = _signature(checkpoint) if checkpoint is not None else None
+        try:
+            run = run_scenario(scenario, trace=folder.staging / "trace.parquet" if args.trace else False,
+                               progress=not args.quiet and sys.stderr.isatty(), checkpoint=checkpoint,
+                               checkpoint_every=args.checkpoint_every, resume=resume,
+                               curve=folder.staging / "training.csv" if scenario.training is not None else None,
+                               command=["fedsim", *args.argv], checked=checked)
+        except RunStopped:
+            folder.publish()  # what the run wrote (the learning curve so far), without summary.json
+            raise
+        except KeyboardInterrupt:
+            kept = checkpoint is not None and _signature(checkpoint) not in (None, before)
+            print(f"interrupted: nothing written to {out}" + (f" but {CHECKPOINT}; continue with --resume {out}"
+                                                             if kept else " (it is as it was)"), file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except (ScenarioError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a failure found only while running
+            raise RunFailed(describe_failure(exc, scenario)) from exc
+        try:
+            write_files(run, folder.staging)
+        except OSError as exc:
+            raise disk_error(exc, out) from None
+        written = checkpoint is not None and _signature(checkpoint) not in (None, before)
+        folder.publish(carry=(CHECKPOINT,) if written else ())
+    s = run.summary
+    if "rounds" in s:
+        print(f"{scenario.name}: fedavg, {s['rounds']} rounds ({s['updates']} client updates) in "
+              f"{s['sim_time']:.6g} time units ({s['wall_seconds']:.2f} s wall); results in {out}")
+        print(f"final test accuracy {_num(s['final_accuracy']):.4f} (best {_num(s['best_accuracy']):.4f})")
+        return 0
     print(f"{scenario.name}: {s['updates']} updates in {s['sim_time']:.6g} time units "
           f"({s['wall_seconds']:.2f} s wall); results in {out}")
-    print(f"throughput {_fmt(s['throughput_sim'], s['throughput_ci'])} (analytic {s['throughput_analytic']:.4g}); "
+    print(f"throughput {_fmt(s['throughput_sim'], s['throughput_ci'])} (analytic {_fmt(s['throughput_analytic'])}); "
           f"mean staleness {_fmt(s['mean_staleness_sim'], s['mean_staleness_ci'])} "
-          f"(analytic {s['mean_staleness_analytic']:.4g})")
+          f"(analytic {_fmt(s['mean_staleness_analytic'])})")
     if "server_queue_sim" in s:
         print(f"server utilisation {_fmt(s['server_utilisation_sim'], s['server_utilisation_ci'])} "
-              f"(analytic {s['server_utilisation_analytic']:.4g}); power {_fmt(s['power_sim'], s['power_ci'])} W "
-              f"(analytic {s['power_analytic']:.4g}); energy per update "
+              f"(analytic {_fmt(s['server_utilisation_analytic'])}); power {_fmt(s['power_sim'], s['power_ci'])} W "
+              f"(analytic {_fmt(s['power_analytic'])}); energy per update "
               f"{_fmt(s['energy_per_update_sim'], s['energy_per_update_ci'])} J "
-              f"(analytic {s['energy_per_update_analytic']:.4g}); time_breakdown.png")
+              f"(analytic {_fmt(s['energy_per_update_analytic'])}); time_breakdown.png")
     print_groups(s["groups"], scenario.exact)
-    if extra:
-        print(f"training: final test accuracy {extra['final_accuracy']:.4f} (best {extra['best_accuracy']:.4f} at "
-              f"update {extra['best_accuracy_update']}); training.csv, training.png, model.pt in {out}")
+    if scenario.training is not None:
+        print(f"training: final test accuracy {_num(s['final_accuracy']):.4f} (best {_num(s['best_accuracy']):.4f} at "
+              f"update {s['best_accuracy_update']}); training.csv, training.png, model.pt in {out}")
     return 0
+
+
+def describe_failure(exc: BaseException, scenario: Scenario) -> str:
+    """One line for a failure found while running: the component (the user code, by its file
+    and line, named ``training.model`` when it is the scenario's model factory), the error."""
+    text = " ".join(str(exc).split())[:300]
+    what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    libraries = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    user = [f for f in frames if not any(os.path.abspath(f.filename).startswith(root + os.sep)
+                                         for root in (package, *libraries))]
+    if user:
+        frame = user[-1]
+        component = "user code"
+        cfg = scenario.training
+        if cfg is not None:
+            from fedsim.training.models import factory_source
+
+            source = factory_source(cfg.model.name)
+            if source is not None and os.path.abspath(frame.filename) == os.path.abspath(source):
+                component = f"training.model ({cfg.model.name})"
+        return one_line(f"{component} failed during the run at {frame.filename}:{frame.lineno} "
+                        f"({frame.name}): {what}")
+    inner = [f for f in frames if os.path.abspath(f.filename).startswith(package + os.sep)]
+    where = Path(inner[-1].filename).stem if inner else "fedsim"
+    return one_line(f"the run failed in fedsim ({where}): {what}; this is a bug, please report it")
 
 
 @command("analytic")
 def cmd_analytic(args: argparse.Namespace) -> int:
+    from fedsim.folders import OutputFolder, check_out
     from fedsim.report import analytic_table, write_analytic
     from fedsim.run import analyse
 
-    scenario = load_scenario(args.scenario)
+    scenario = _scenario(args)
+    out = check_out(args.out, replace=True) if args.out else None
     solution = analyse(scenario)
     table = analytic_table(scenario, solution)
     print(f"{scenario.name}: n = {scenario.n_clients}, C = {scenario.concurrency}, "
@@ -117,32 +207,42 @@ def cmd_analytic(args: argparse.Namespace) -> int:
         staleness=("staleness_analytic", "mean"), sojourn=("sojourn_analytic", "mean"),
         queue=("queue_analytic", "mean"))
     print(per_group.to_string(float_format=lambda x: f"{x:.5g}"))
-    if args.out:
-        write_analytic(scenario, solution, Path(args.out))
+    if out is not None:
+        with OutputFolder(out) as folder:
+            write_analytic(scenario, solution, folder.staging)
+            folder.publish()
     return 0
 
 
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
-    scenario: Scenario = load_scenario(args.scenario)  # imports the plug-ins
-    notes = [f"plugins {', '.join(scenario.plugins)}"] if scenario.plugins else []
-    training = scenario.training
-    if training is not None and ":" in training.model.name:  # a factory: its module must import
-        from fedsim.plugins import resolve_callable
+    from fedsim.resources import available_memory, format_bytes
+    from fedsim.run import preflight
 
-        resolve_callable(training.model.name, training.base_dir, "training.model")
-        notes.append(f"model factory {training.model.name}")
+    scenario = _scenario(args)
+    limit = _max_memory(args)
+    checked = preflight(scenario, trace=args.trace, max_memory=limit, solve_expensive=False)
+    limit = limit if limit is not None else available_memory()
+    plugins = f"; plugins {', '.join(scenario.plugins)}" if scenario.plugins else ""
     print(f"{args.scenario}: valid ({scenario.n_clients} clients in {len(scenario.groups)} groups, "
-          f"C = {scenario.concurrency}, routing {scenario.routing}" + "".join(f"; {n}" for n in notes) + ")")
+          f"C = {scenario.concurrency}, routing {scenario.routing}{plugins}); needs about "
+          f"{checked.estimate.describe()} of memory" + (f" (limit {format_bytes(limit)})" if limit is not None else "")
+          + (f", {checked.estimate.updates:.4g} updates" if checked.estimate.updates else ""))
+    if checked.workload is not None:
+        cfg = scenario.training
+        print(f"training: {cfg.algorithm.name}, model {cfg.model.name} ({checked.workload.flat.size:,} parameters) "
+              f"on {cfg.dataset.name} ({int(checked.workload.sizes.sum()):,} training samples): built and run on "
+              f"a batch")
     return 0
 
 
 @command("sweep")
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim.folders import check_out
     from fedsim.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)  # every cell is validated here, before anything is written
-    out = Path(args.out) if args.out else Path("results") / Path(args.sweep).stem
+    out = check_out(Path(args.out) if args.out else Path("results") / Path(args.sweep).stem)
     try:
         report = run_sweep(sweep, out, workers=args.workers, ray=args.ray,
                            progress=not args.quiet and sys.stderr.isatty())
@@ -182,9 +282,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 @command("optimize")
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from fedsim.folders import check_out
     from fedsim.optimize.report import compare, comparison_table, write_comparison
 
-    scenario = load_scenario(args.scenario)
+    scenario = _scenario(args)
+    out = check_out(Path(args.out) if args.out else Path("results") / f"{Path(args.scenario).stem}-optimize")
     comparison = compare(scenario, budget=args.budget, target=args.target, weight=args.weight,
                          objective=args.objective)
     spec = comparison.spec
@@ -194,7 +296,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
           f"K = {spec.updates:.6g} updates (per-update), budget T = {spec.budget:.6g} (wall-clock), "
           f"target eps = {spec.target:.6g} (time, energy; weight rho = {spec.weight:g}); "
           f"C in [{spec.c_min}, {spec.c_max}]")
-    out = Path(args.out) if args.out else Path("results") / f"{Path(args.scenario).stem}-optimize"
     paths = write_comparison(comparison, args.objective, out)
     table = comparison_table(comparison).set_index("setting").T
     print(table.to_string(float_format=lambda x: f"{x:.5g}"))
@@ -203,25 +304,49 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def _scenario_options(parser: argparse.ArgumentParser, memory: bool = True) -> None:
+    parser.add_argument("--set", action="append", metavar="PATH=VALUE",
+                        help="set a scenario field before validation, e.g. --set concurrency=50 --set "
+                        "clients[1].service.cv=2 (the value is read as YAML; repeatable)")
+    if memory:
+        parser.add_argument("--max-memory", metavar="SIZE", help="memory the run may use (e.g. 8G), instead of what "
+                            "this machine has available: the resource check refuses a run estimated above it")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an unexpected failure")
+    parser = _Parser(prog="fedsim", description=__doc__.splitlines()[0], parents=[common])
     parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="simulate a scenario and compare with the analytical model")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", parents=[common], help="simulate a scenario and compare with the analytical model")
     run.add_argument("scenario", help="scenario YAML file")
-    run.add_argument("--out", help="output folder (default results/<scenario file name>)")
+    run.add_argument("--out", help="output folder (default results/<scenario file name>); replaced whole when "
+                     "the run succeeds")
     run.add_argument("--trace", action="store_true", help="also write trace.parquet, one row per completed task")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--checkpoint-every", type=int, metavar="N",
                      help="training: write checkpoint.pt to the output folder every N updates")
     run.add_argument("--resume", metavar="DIR", help="training: continue from DIR/checkpoint.pt (output "
                      "folder DIR unless --out is given)")
-    analytic = sub.add_parser("analytic", help="the analytical table only, no simulation")
+    _scenario_options(run)
+    analytic = sub.add_parser("analytic", parents=[common], help="the analytical table only, no simulation")
     analytic.add_argument("scenario")
     analytic.add_argument("--out", help="write clients.csv and summary.json to this folder")
-    validate = sub.add_parser("validate", help="check a scenario file")
+    _scenario_options(analytic, memory=False)
+    validate = sub.add_parser("validate", parents=[common], help="check a scenario file and everything a run of "
+                              "it needs (resources, dataset, model), without running it")
     validate.add_argument("scenario")
-    sweep = sub.add_parser("sweep", help="run a grid of scenarios over seeds (resumable), write results.parquet")
+    validate.add_argument("--trace", action="store_true", help="check as for fedsim run --trace")
+    _scenario_options(validate)
+    sweep = sub.add_parser("sweep", parents=[common], help="run a grid of scenarios over seeds (resumable), write results.parquet")
     sweep.add_argument("sweep", help="sweep YAML file")
     sweep.add_argument("--out", help="output folder (default results/<sweep file name>)")
     sweep.add_argument("--workers", type=int, help="local worker processes (default: the available cores)")
@@ -233,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="folder of the PNGs (default RESULTS/figures)")
     plot.add_argument("--prefix", default="", help="prefix of the file names, e.g. concurrency_")
     plot.add_argument("--cell", help="the cell (folder name) of the staleness distribution; it needs trace.parquet")
-    optimize = sub.add_parser("optimize", help="optimal routing and concurrency for the loss bound")
+    optimize = sub.add_parser("optimize", parents=[common], help="optimal routing and concurrency for the loss bound")
     optimize.add_argument("scenario")
     optimize.add_argument("--objective", choices=list(OBJECTIVES), required=True,
                           help="which optimum the written scenario gets (the table shows them all)")
@@ -246,18 +371,37 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rho of the time-energy objective rho E/E* + (1 - rho) T/T* "
                           "(default optimization.weight, 0.5)")
     optimize.add_argument("--out", help="output folder (default results/<scenario file name>-optimize)")
+    _scenario_options(optimize, memory=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except ScenarioError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
-    except RunStopped as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (RunStopped, RunFailed) as err:
+        if args.debug and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__)
+        hint = "; rerun with --debug for the traceback" if isinstance(err, RunFailed) and not args.debug else ""
+        print(f"error: {one_line(err)}{hint}", file=sys.stderr)
+        return EXIT_STOPPED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("error: out of memory; make the scenario smaller (fedsim validate shows what it needs)",
+              file=sys.stderr)
+        return EXIT_STOPPED
+    except Exception as exc:  # noqa: BLE001 -- one line instead of a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"error: {one_line(f'{type(exc).__name__}: {exc}')}; this is a bug, rerun with --debug and report "
+              "it", file=sys.stderr)
         return EXIT_STOPPED
 
 

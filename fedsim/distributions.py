@@ -44,8 +44,10 @@ A law with other fields subclasses :class:`ServiceDistribution` directly, lists 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import numbers
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -57,6 +59,7 @@ from numpy.typing import ArrayLike
 from scipy import optimize, special
 
 from fedsim.errors import ScenarioError
+from fedsim.inputs import MAX_DATA_BYTES, read_text
 
 __all__ = [
     "CV_MAX",
@@ -235,11 +238,18 @@ def make_distribution(
             )
     params = {key: value for key, value in spec.items() if key != "dist"}
     try:
-        return cls.from_spec(params, base_dir)
+        law = cls.from_spec(params, base_dir)
     except ScenarioError as err:
         raise ScenarioError(_join(path, err.path), err.message) from None
     except ValueError as err:  # a user-registered law that raises a plain ValueError
         raise ScenarioError(path, f"invalid {name} spec: {err}") from None
+    with np.errstate(all="ignore"):
+        mean, variance = float(law.mean), float(law.variance)
+        usable = math.isfinite(mean) and mean > 0.0 and math.isfinite(1.0 / mean) and math.isfinite(variance)
+    if not usable:
+        raise ScenarioError(path, f"{name} law out of the range of float64 arithmetic (mean {mean:.6g}, variance "
+                            f"{variance:.6g}); express the durations in another unit")
+    return law
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,17 +733,16 @@ def _read_durations(location: Path, shown: str, column: str | int | None) -> tup
     Raises ScenarioError on path ``file`` (or ``column`` for a column that does not exist),
     naming the line of the first bad value.
     """
-    try:
-        with location.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    except FileNotFoundError:
+    if not os.path.lexists(location):
         same = location.is_absolute() and str(location) == shown
         where = "" if same else f" (looked for {location.absolute()})"
-        raise ScenarioError("file", f"no such file {shown!r}{where}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ScenarioError("file", f"cannot read {shown!r} as a CSV file: {reason}") from None
+        raise ScenarioError("file", f"no such file {shown!r}{where}")
+    text = read_text(location, "file", repr(shown), MAX_DATA_BYTES)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise ScenarioError("file", f"cannot read {shown!r} as a CSV file: {err}") from None
     if not rows:
         raise ScenarioError("file", f"{shown!r} is empty; expected a CSV column of positive durations")
 

@@ -24,3 +24,9 @@ class RunStopped(RuntimeError):
     """A run that stopped before its horizon for a reason other than bad input (training that
     diverged, say). ``str(err)`` is one line; the CLI prints it and exits with status 1, and
     what the run had written so far is kept."""
+
+
+class RunFailed(RuntimeError):
+    """A run that failed part-way for a reason found only while it ran (a user's model that
+    raises, say). ``str(err)`` is one line naming the component; the CLI prints it, exits with
+    status 1 and publishes nothing (the cause, ``__cause__``, is shown with ``--debug``)."""

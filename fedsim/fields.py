@@ -41,12 +41,14 @@ def check_mapping(value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[st
     return value
 
 
-def check_int(value: Any, path: str, minimum: int) -> int:
-    """An integer (not a bool, not a float) >= ``minimum``."""
+def check_int(value: Any, path: str, minimum: int, maximum: int | None = None) -> int:
+    """An integer (not a bool, not a float) >= ``minimum`` (and <= ``maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ScenarioError(path, f"must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ScenarioError(path, f"must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ScenarioError(path, f"must be an integer between {minimum} and {maximum}, got {value}")
     return value
 
 

@@ -1,41 +1,57 @@
-"""Figures written into run folders (matplotlib on a non-interactive backend).
+"""Figures written into run folders.
 
-They use seaborn's look (white grid, notebook sizes, the "deep" palette) through the style
-sheets matplotlib ships, so writing a figure imports neither seaborn nor scipy.stats.
+Figures are ``matplotlib.figure.Figure`` objects built without pyplot, so they need no GUI
+backend and leave the user's matplotlib alone (no ``matplotlib.use``, no pyplot figure
+manager, nothing shown in a notebook). They use seaborn's look (white grid, notebook sizes,
+the "deep" palette) through the style sheets matplotlib ships, applied only inside
+:func:`figure_style` (a context that restores every rc setting on exit), so writing a figure
+imports neither seaborn nor scipy.stats.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-notebook", "seaborn-v0_8-deep")
 
 
+@contextmanager
+def figure_style() -> Iterator[None]:
+    """fedsim's figure style for the duration of the block (and no warning for a character of
+    a user's group name that the font lacks)."""
+    with matplotlib.style.context(STYLE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        yield
+
+
 def palette(k: int) -> list[str]:
     """The first ``k`` colours of the current colour cycle (repeated if needed)."""
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     return [colors[i % len(colors)] for i in range(k)]
 
 
-def staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
+def staleness_figure(clients: pd.DataFrame, title: str) -> Figure:
     """Simulated mean staleness per client (with CI bars) against the analytical value.
 
     Left: simulated vs analytical, one point per client, with the line y = x.
     Right: per client, the simulated mean with its CI and the analytical value, by group.
     ``clients`` is the clients.csv table.
     """
-    with plt.style.context(STYLE):
+    with figure_style():
         return _staleness_figure(clients, title)
 
 
-def _staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
-    fig, (ax_xy, ax_cl) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.6]})
+def _staleness_figure(clients: pd.DataFrame, title: str) -> Figure:
+    fig = Figure(figsize=(13, 5.2))
+    ax_xy, ax_cl = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
     colors = dict(zip(clients["group"].unique(), palette(clients["group"].nunique())))
     ci = clients["staleness_ci"].fillna(0.0)
     for group, part in clients.groupby("group", sort=False):
@@ -47,13 +63,14 @@ def _staleness_figure(clients: pd.DataFrame, title: str) -> plt.Figure:
         ax_cl.scatter(part["client"], part["staleness_analytic"], marker="_", s=120, color="black", zorder=3)
     finite = clients[["staleness_analytic", "staleness_sim"]].replace([np.inf, -np.inf], np.nan).dropna()
     top = float(finite.to_numpy().max()) * 1.05 if len(finite) else 1.0
+    top = top if top > 0 else 1.0
     ax_xy.plot([0, top], [0, top], color="grey", lw=1, ls="--", label="y = x")
     ax_xy.set(xlim=(0, top), ylim=(0, top), xlabel="analytical mean staleness E[τ_i] (updates)",
               ylabel="simulated mean staleness (updates)", title="simulated vs analytical, one point per client")
-    ax_xy.legend(title="group", fontsize=8)
+    ax_xy.legend(title="group", fontsize=8, loc="upper left")  # a fixed place: "best" is slow for many clients
     ax_cl.scatter([], [], marker="_", s=120, color="black", label="analytical")
     ax_cl.set(xlabel="client", ylabel="mean staleness (updates)", title="per client (bars: confidence interval)")
-    ax_cl.legend(fontsize=8)
+    ax_cl.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -67,7 +84,7 @@ BREAKDOWN = (  # (column, label, colour) in the order a task meets them
 )
 
 
-def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt.Figure:
+def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> Figure:
     """Where a task's time and the energy go, per group, simulated next to analytical.
 
     Left: one pair of stacked bars per group (simulated above, hatched analytical below): the
@@ -79,14 +96,14 @@ def time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt
     :func:`fedsim.report.time_breakdown_table`, ``summary`` the server and energy keys of
     summary.json.
     """
-    with plt.style.context(STYLE):
+    with figure_style():
         return _time_breakdown_figure(table, summary, title)
 
 
-def _time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> plt.Figure:
+def _time_breakdown_figure(table: pd.DataFrame, summary: dict, title: str) -> Figure:
     groups = list(dict.fromkeys(table["group"]))
-    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(14, 0.8 * len(groups) + 4.2),
-                                     gridspec_kw={"width_ratios": [1.6, 1]})
+    fig = Figure(figsize=(14, 0.8 * len(groups) + 4.2))
+    ax_t, ax_e = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     scale = table[[col for col, _, _ in BREAKDOWN]].abs().to_numpy().max()
     # a component is shown where it is more than round-off (an analytical wait of 1e-17, say)
     shown = [(col, label, colour) for col, label, colour in BREAKDOWN if table[col].abs().max() > 1e-9 * scale]

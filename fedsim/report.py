@@ -1,14 +1,18 @@
-"""The output contract of a run folder: ``summary.json``, ``clients.csv`` and the figures.
+"""The output contract of a run folder, and the in-memory :class:`Run` it stores.
 
-``clients.csv`` has one row per client: client, group, p, mean_service, service_cv,
-completions, staleness_sim, staleness_ci (CI half-width), staleness_analytic,
-staleness_rel_error, staleness_p50, staleness_p90, staleness_p99, staleness_max, sojourn_sim,
-sojourn_ci, sojourn_analytic, queue_sim, queue_ci, queue_analytic. Every ``*_ci`` is the
-half-width of the batch-means confidence interval at the scenario's level.
+A run folder holds
 
-``summary.json`` holds the scenario as parsed, the seed, the fedsim version, ``exact`` (every
-FIFO station exponential, so the analytical values are exact), the run totals and the
-simulated and analytical throughput and mean staleness, with per-group figures.
+- ``summary.json``: the scenario as parsed, the seed, the fedsim version, ``exact`` (every
+  FIFO station exponential, so the analytical values are exact), the run totals and the simulated
+  and analytical throughput and mean staleness, with per-group figures, and ``provenance``
+  (:mod:`fedsim.provenance`);
+- ``clients.csv``: one row per client: client, group, p, mean_service, service_cv,
+  completions, staleness_sim, staleness_ci (CI half-width), staleness_analytic,
+  staleness_rel_error, staleness_p50, staleness_p90, staleness_p99, staleness_max,
+  sojourn_sim, sojourn_ci, sojourn_analytic, queue_sim, queue_ci, queue_analytic (every
+  ``*_ci`` is the half-width of the batch-means confidence interval at the scenario's level);
+- ``staleness.png``; with training ``training.csv``, ``training.png``, ``model.pt``; with a
+  trace ``trace.parquet``.
 
 A scenario with links, a server or powers (:func:`~fedsim.engine.has_stations`) adds, in
 ``clients.csv``, for each of downlink, compute, uplink: ``<station>_queue_sim``, ``_ci``,
@@ -19,11 +23,15 @@ by the client); a link a client does not have takes no time and holds no task (0
 client's tasks anywhere in the network, the server included. ``summary.json`` adds
 ``server_queue``, ``server_utilisation``, ``power`` (watts, clients and server) and
 ``energy_per_update`` (joules), each as ``_sim``, ``_ci`` and ``_analytic`` (0 where there is no
-server or no power), and the figure ``time_breakdown.png``. A base scenario's files are
+server or no power), the figure ``time_breakdown.png`` and its table ``time_breakdown.csv``
+(:func:`time_breakdown_table`). A base scenario's files are
 exactly those of the base model.
 
-Every file is written to a temporary name and renamed, and ``summary.json`` is written last:
-a folder with a ``summary.json`` is complete.
+Numbers are written so that they read back exactly (shortest round-trip text in the CSV
+files), so :func:`open_run` gives back the :class:`Run` that was saved. Every file is written
+to a temporary name and renamed, and ``summary.json`` is written last: a folder with a
+``summary.json`` is complete. :meth:`Run.save` writes a whole folder through
+:class:`~fedsim.folders.OutputFolder` (staged, locked, published at once).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +63,8 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 def _json_value(x: Any) -> Any:
+    if isinstance(x, np.bool_):
+        return bool(x)
     if isinstance(x, (np.floating, float)):
         return None if not math.isfinite(x) else float(x)
     if isinstance(x, np.integer):
@@ -261,37 +272,174 @@ def time_breakdown_table(result: RunResult) -> pd.DataFrame:
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.10g"))
+    """``df`` as CSV, numbers in the shortest text that reads back exactly (:func:`read_csv`)."""
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file written by :func:`write_csv`, with its numbers exactly as they were."""
+    return pd.read_csv(path)
+
+
+def normalised(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` as summary.json stores it (numpy values to Python, non-finite to null)."""
+    return json.loads(json.dumps(_json_value(summary)))
+
+
+@dataclass(eq=False)
+class Run:
+    """A finished run in memory: what its run folder holds.
+
+    ``summary`` is summary.json (a dict), ``clients`` clients.csv, ``training`` the learning
+    curve of training.csv (None without training), ``trace`` trace.parquet (None unless the
+    run kept its trace), ``model`` the final global model as a ``state_dict`` of CPU tensors
+    (model.pt; None without training), ``breakdown`` time_breakdown.csv (runs with links, a
+    server or powers; None otherwise). :meth:`save` writes the run folder and :func:`open_run`
+    reads it back into an equal Run.
+    """
+
+    summary: dict[str, Any]
+    clients: pd.DataFrame
+    training: pd.DataFrame | None = None
+    trace: pd.DataFrame | None = None
+    model: dict[str, Any] | None = None
+    breakdown: pd.DataFrame | None = None
+
+    @property
+    def scenario(self) -> dict[str, Any]:
+        """The scenario as parsed, defaults filled in (a mapping in the YAML schema)."""
+        return self.summary["scenario"]
+
+    @property
+    def groups(self) -> pd.DataFrame:
+        """Per group: clients, routing mass, completions, and (asynchronous runs) the
+        update-weighted mean staleness simulated with its CI and analytical."""
+        if "groups" in self.summary:
+            return pd.DataFrame(self.summary["groups"])
+        c = self.clients
+        return c.groupby("group", sort=False).agg(clients=("client", "size"), p_group=("p", "sum"),
+                                                  completions=("completions", "sum")).reset_index()
+
+    def save(self, out: str | Path, *, plots: bool = True) -> Path:
+        """Write the run folder ``out`` (replacing its content whole, see :mod:`fedsim.folders`)."""
+        from fedsim.folders import OutputFolder
+
+        with OutputFolder(out, where="out") as folder:
+            try:
+                write_files(self, folder.staging, plots=plots)
+            except OSError as exc:
+                from fedsim.folders import disk_error
+
+                raise disk_error(exc, folder.out, "out") from None
+            folder.publish()
+        return Path(out)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Run):
+            return NotImplemented
+        frames = all(_same_frame(getattr(self, k), getattr(other, k))
+                     for k in ("clients", "training", "trace", "breakdown"))
+        return frames and self.summary == other.summary and _same_model(self.model, other.model)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        s = self.summary
+        kind = f"{s['rounds']} fedavg rounds" if "rounds" in s else "asynchronous"
+        extra = "".join(f", {k}" for k in ("training", "trace") if getattr(self, k) is not None)
+        return f"Run({s['scenario']['name']!r}: {kind}, {s['updates']} updates, {len(self.clients)} clients{extra})"
+
+
+def _same_frame(a: pd.DataFrame | None, b: pd.DataFrame | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and list(a.columns) == list(b.columns) and a.equals(b)
+
+
+def _same_model(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def async_run(result: RunResult, *, extra: dict[str, Any] | None = None, columns: dict[str, Any] | None = None,
+              curve: pd.DataFrame | None = None, model: dict[str, Any] | None = None,
+              trace: pd.DataFrame | None = None) -> Run:
+    """The :class:`Run` of an asynchronous run: clients.csv (with ``columns`` appended, one
+    value per client) and summary.json (with ``extra`` keys appended)."""
+    breakdown = time_breakdown_table(result) if result.stations is not None else None
+    return Run(summary=normalised(summary(result, extra)), clients=clients_table(result).assign(**(columns or {})),
+               training=curve, trace=trace, model=model, breakdown=breakdown)
+
+
+def write_files(run: Run, folder: Path, *, plots: bool = True) -> None:
+    """Write ``run``'s files into the existing ``folder``, summary.json last (each atomically)."""
+    write_csv(folder / "clients.csv", run.clients)
+    if run.trace is not None:
+        atomic_write(folder / "trace.parquet", lambda tmp: run.trace.to_parquet(tmp, index=False))
+    if run.training is not None:
+        write_csv(folder / "training.csv", run.training)
+    if run.breakdown is not None:
+        write_csv(folder / "time_breakdown.csv", run.breakdown)
+    if run.model is not None:
+        import torch
+
+        atomic_write(folder / "model.pt", lambda tmp: torch.save(run.model, tmp))
+    if plots:
+        from fedsim.plots import figure_style, staleness_figure
+
+        name = run.scenario["name"]
+        approximate = "" if run.summary.get("exact", True) else " (product-form approximation)"
+        with figure_style():
+            if "staleness_analytic" in run.clients:
+                fig = staleness_figure(run.clients, title=f"{name}: staleness, simulated vs analytical" + approximate)
+                atomic_write(folder / "staleness.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+            if run.breakdown is not None:
+                from fedsim.plots import time_breakdown_figure
+
+                numbers = {k: float("nan") if v is None else v for k, v in run.summary.items()
+                           if k.startswith(("server_", "power_", "energy_per_update_"))}
+                fig = time_breakdown_figure(run.breakdown, numbers,
+                                            title=f"{name}: where a task's time and the energy go" + approximate)
+                atomic_write(folder / "time_breakdown.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+            if run.training is not None and len(run.training):
+                from fedsim.training.record import training_figure
+
+                t = run.scenario["training"]
+                fig = training_figure(run.training, f"{name}: {t['algorithm']['name']}, {t['model']['name']} on "
+                                      f"{t['dataset']['name']}")
+                atomic_write(folder / "training.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    write_json(folder / "summary.json", run.summary)
 
 
 def write_run(result: RunResult, out: Path, *, plots: bool = True, extra: dict[str, Any] | None = None,
               columns: dict[str, Any] | None = None) -> None:
-    """Write the run folder: clients.csv, staleness.png, then summary.json (last).
-
-    ``columns`` are appended to clients.csv (one value per client), ``extra`` to summary.json.
-    """
+    """Write the files of a simulation (no training) into the folder ``out``, in place
+    (sweep cells, whose folders are staged by the sweep)."""
     out.mkdir(parents=True, exist_ok=True)
-    table = clients_table(result).assign(**(columns or {}))
-    write_csv(out / "clients.csv", table)
-    if plots:
-        import matplotlib.pyplot as plt
+    write_files(async_run(result, extra=extra, columns=columns), out, plots=plots)
 
-        from fedsim.plots import staleness_figure
 
-        approximate = "" if result.scenario.exact else " (product-form approximation)"
-        fig = staleness_figure(table, title=f"{result.scenario.name}: staleness, simulated vs analytical"
-                               + approximate)
-        atomic_write(out / "staleness.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-        plt.close(fig)
-        if result.stations is not None:
-            from fedsim.plots import time_breakdown_figure
+def open_run(folder: str | Path) -> Run:
+    """The :class:`Run` saved in ``folder`` (a complete run folder: it has summary.json)."""
+    from fedsim.errors import ScenarioError
 
-            fig = time_breakdown_figure(time_breakdown_table(result), station_summary(result),
-                                        title=f"{result.scenario.name}: where a task's time and the energy go"
-                                        + approximate)
-            atomic_write(out / "time_breakdown.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-            plt.close(fig)
-    write_json(out / "summary.json", summary(result, extra))
+    folder = Path(folder)
+    if not (folder / "summary.json").is_file():
+        raise ScenarioError("run folder", f"{folder} is not a complete run folder (no summary.json)")
+    summary_ = json.loads((folder / "summary.json").read_text())
+    training = read_csv(folder / "training.csv") if (folder / "training.csv").is_file() else None
+    trace = pd.read_parquet(folder / "trace.parquet") if (folder / "trace.parquet").is_file() else None
+    breakdown = read_csv(folder / "time_breakdown.csv") if (folder / "time_breakdown.csv").is_file() else None
+    model = None
+    if (folder / "model.pt").is_file():
+        import torch
+
+        model = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    return Run(summary=summary_, clients=read_csv(folder / "clients.csv"), training=training, trace=trace,
+               model=model, breakdown=breakdown)
 
 
 def write_analytic(scenario: Scenario, solution: NetworkSolution, out: Path) -> None:

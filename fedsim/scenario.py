@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from fedsim.distributions import ServiceDistribution, make_distribution
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_number, check_str
+from fedsim.inputs import INT64_MAX, load_yaml_file
+from fedsim.paths import apply_overrides
 from fedsim.plugins import load_plugins
 from fedsim.routing import ROUTING_POLICIES, routing_probabilities
 from fedsim.sections import SECTIONS, ScenarioDraft, provided_routings
@@ -55,6 +56,10 @@ LINKS = ("downlink", "uplink")
 STATION_KINDS = ("fifo", "delay")
 DEFAULT_LINK_KIND = "delay"
 DEFAULT_WARMUP_FRACTION = 0.1
+MAX_SEED = INT64_MAX
+MAX_CLIENTS = 10_000_000
+"""Most clients in a scenario (per-client arrays are built while it is parsed)."""
+"""Largest scenario seed: seeds are stored as 64-bit integers (results tables, Parquet)."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,9 @@ def _parse_groups(raw: Any, base_dir: Path | None) -> tuple[ClientGroup, ...]:
         power = _parse_power(g["power"], f"{path}.power", ClientPower) if "power" in g else None
         groups.append(ClientGroup(name=name, count=count, service=service, routing_weight=weight, power=power,
                                   **links))
+    total = sum(g.count for g in groups)
+    if total > MAX_CLIENTS:
+        raise ScenarioError("clients", f"{total:,} clients in all, above the limit of {MAX_CLIENTS:,}")
     return tuple(groups)
 
 
@@ -319,7 +327,7 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
         if required not in doc:
             raise ScenarioError(required, "missing required field")
     name = check_str(doc["name"], "name")
-    seed = check_int(doc.get("seed", 0), "seed", 0)
+    seed = check_int(doc.get("seed", 0), "seed", 0, MAX_SEED)
     if provider and "concurrency" in doc:
         raise ScenarioError("concurrency", f"chosen by routing {doc['routing']}; remove it "
                             f"({provider}.concurrency: {{min, max}} bounds the search)")
@@ -360,21 +368,24 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
     return scenario
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario YAML file."""
+def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None, where: str = "") -> Scenario:
+    """Read and validate a scenario YAML file, with ``overrides`` (field path -> value) set on
+    its mapping first (errors on them name ``where`` + the path, e.g. ``--set concurrency``).
+
+    The file is read within the limits of :mod:`fedsim.inputs` (a regular UTF-8 file of at
+    most 4 MiB, safe YAML with bounded nesting and alias expansion).
+    """
     path = Path(path)
+    raw = load_yaml_file(path, "scenario file")
+    if not overrides:
+        return parse_scenario(raw, base_dir=path.parent, source=path)
+    raw = apply_overrides(raw, overrides, where)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(str(path), f"cannot read scenario file ({exc.strerror or exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ScenarioError(str(path), f"{problem}{where}") from None
-    return parse_scenario(raw, base_dir=path.parent, source=path)
+        return parse_scenario(raw, base_dir=path.parent, source=path)
+    except ScenarioError as err:  # a value an override set: name it as the override
+        if where and any(err.path == p or err.path.startswith((f"{p}.", f"{p}[")) for p in overrides):
+            raise ScenarioError(f"{where}{err.path}", err.message) from None
+        raise
 
 
 class Streams:

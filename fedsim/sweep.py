@@ -75,13 +75,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from fedsim import __version__
+from fedsim.entry import make_callable
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_number, check_str
+from fedsim.inputs import load_yaml_file
+from fedsim.paths import set_path, split_path
 from fedsim.plugins import import_near, load_plugins, registered_modules
-from fedsim.scenario import parse_scenario
+from fedsim.scenario import MAX_SEED, parse_scenario
 
 SWEEP_FIELDS = ("name", "plugins", "scenario", "overrides", "grid", "seeds", "seed", "trace", "targets")
 SUMMARY_FILE = "summary.json"
@@ -91,51 +93,14 @@ RESULTS_FILE = "results.parquet"
 TRAINING_FILE = "training.parquet"
 MANIFEST_FILE = "sweep.json"
 CELLS_DIR = "cells"
-_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*")
-_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+MAX_CELLS = 100_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-\[\]]")
 
 Scalar = bool | int | float | str
 
 
 # ---------------------------------------------------------------------------------------
-# field paths
-
-
-def split_path(path: str, where: str) -> list[str | int]:
-    """``clients[1].service.cv`` -> ``["clients", 1, "service", "cv"]``; ``where`` locates errors."""
-    if not _PATH.fullmatch(path):
-        raise ScenarioError(where, f"{path!r} is not a field path; write e.g. concurrency or clients[1].service.cv")
-    return [name if name else int(index) for name, index in _STEP.findall(path)]
-
-
-def set_path(doc: dict[str, Any], path: str, value: Any, where: str) -> bool:
-    """Set the field at ``path`` of the scenario mapping ``doc`` (in place).
-
-    Every step but the last must exist; the last may be absent from a mapping, and is then
-    added. Returns whether the field was already there. Raises ScenarioError(``where``, ...).
-    """
-    steps = split_path(path, where)
-    node: Any = doc
-    walked = ""  # the path up to the current step
-    for depth, step in enumerate(steps):
-        prefix = walked or "the scenario"
-        if isinstance(step, int):
-            if not isinstance(node, list):
-                raise ScenarioError(where, f"no such field in the base scenario ({prefix} is not a list)")
-            if step >= len(node):
-                noun = "groups" if prefix == "clients" else "entries"
-                raise ScenarioError(where, f"no such field in the base scenario ({prefix} has {len(node)} {noun})")
-        elif not isinstance(node, dict):
-            raise ScenarioError(where, f"no such field in the base scenario ({prefix} is not a mapping)")
-        elif step not in node and depth < len(steps) - 1:
-            raise ScenarioError(where, f"no such field in the base scenario ({prefix} has no field {step!r})")
-        if depth < len(steps) - 1:
-            node = node[step]
-            walked += f"[{step}]" if isinstance(step, int) else (f".{step}" if walked else step)
-    existed = isinstance(step, int) or step in node
-    node[step] = copy.deepcopy(value)
-    return existed
+# cell names
 
 
 def format_value(value: Scalar) -> str:
@@ -214,12 +179,7 @@ def _load_base(spec: Any, base_dir: Path) -> tuple[dict[str, Any], Path]:
     if isinstance(spec, Mapping):
         return copy.deepcopy(dict(spec)), base_dir
     path = base_dir / check_str(spec, "scenario")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ScenarioError("scenario", f"cannot read the base scenario {path} ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError("scenario", f"the base scenario {path} is not valid YAML ({_yaml_problem(exc)})") from None
+    doc = load_yaml_file(path, f"the base scenario {path}", "scenario")
     if not isinstance(doc, dict):
         raise ScenarioError("scenario", f"the base scenario {path} must be a mapping")
     return doc, path.parent
@@ -260,8 +220,12 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
         if path in overrides:
             raise ScenarioError(where, "also set in overrides; give it in one place")
         grid.append((path, _check_values(values, where)))
-    seeds = check_int(doc.get("seeds", 1), "seeds", 1)
-    seed = check_int(doc.get("seed", base.get("seed", 0)), "seed", 0)
+    seeds = check_int(doc.get("seeds", 1), "seeds", 1, MAX_CELLS)
+    seed = check_int(doc.get("seed", base.get("seed", 0)), "seed", 0, MAX_SEED - seeds + 1)
+    cells_count = math.prod(len(values) for _, values in grid) * seeds
+    if cells_count > MAX_CELLS:
+        raise ScenarioError("grid", f"{cells_count:,} cells (grid points times seeds), above the limit of "
+                            f"{MAX_CELLS:,}; split the sweep")
     trace = _parse_trace(doc.get("trace", False), grid)
     targets = _parse_targets(doc.get("targets"), base)
 
@@ -336,22 +300,10 @@ def target_column(target: float) -> str:
     return f"time_to_accuracy_{target:g}"
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error on one line: what and where."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{getattr(exc, 'problem', None) or 'invalid YAML'}{where}"
-
-
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep YAML file (its cells included)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ScenarioError(str(path), f"cannot read sweep file ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(str(path), _yaml_problem(exc)) from None
+    raw = load_yaml_file(path, "sweep file")
     return parse_sweep(raw, base_dir=path.parent, source=path, default_name=path.stem)
 
 
@@ -385,39 +337,23 @@ class CellOutcome:
 
 
 def run_cell(job: CellJob) -> CellOutcome:
-    """Run one cell as ``fedsim run`` does and return its run folder as bytes (summary.json
-    included, no figures), or the error."""
+    """Run one cell as ``fedsim run`` does (:func:`fedsim.run.run_scenario`) and return its run
+    folder as bytes (summary.json included, no figures), or the error."""
+    from fedsim.report import write_files
+    from fedsim.run import run_scenario
+
     try:
         for module, folder in job.plugins:
             import_near(module, folder, "plugins")
         scenario = parse_scenario(job.scenario, base_dir=job.base_dir)
         with tempfile.TemporaryDirectory(prefix="fedsim-cell-") as tmp:
             folder = Path(tmp)
-            _run_into(scenario, folder, job.trace)
+            run = run_scenario(scenario, trace=folder / "trace.parquet" if job.trace else False)
+            write_files(run, folder, plots=False)
             files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
     except Exception as exc:  # noqa: BLE001 -- a failing cell is recorded, the sweep goes on
         return CellOutcome(job.name, {}, f"{type(exc).__name__}: {exc}".splitlines()[0])
     return CellOutcome(job.name, files, None)
-
-
-def _run_into(scenario: Any, folder: Path, trace: bool) -> None:
-    """The run of ``fedsim run`` (training and FedAvg included) into ``folder``, without figures."""
-    from fedsim.report import write_run
-    from fedsim.run import simulate
-
-    trace_file = folder / "trace.parquet" if trace else None
-    if scenario.training is None:
-        write_run(simulate(scenario, trace=trace_file), folder, plots=False)
-        return
-    from fedsim.training.session import TrainingSession
-
-    session = TrainingSession(scenario, folder)
-    if session.synchronous:
-        session.write_rounds(session.run_rounds())
-        return
-    result = simulate(scenario, observers=[session.observer], trace=trace_file)
-    extra = session.finish()
-    write_run(result, folder, plots=False, extra=extra, columns=session.client_columns())
 
 
 def cell_record(cell: Cell) -> dict[str, Any]:
@@ -701,3 +637,6 @@ def load_training(out: str | Path) -> pd.DataFrame | None:
     """training.parquet of a sweep folder, or None when no cell trains."""
     path = Path(out) / TRAINING_FILE
     return pd.read_parquet(path) if path.exists() else None
+
+
+make_callable(__name__)  # fedsim.sweep(...) is fedsim.api.sweep (see fedsim.entry)

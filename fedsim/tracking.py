@@ -3,7 +3,8 @@
 The tracker is an engine observer of completion records: every chunk of completions
 (:class:`~fedsim.engine.CompletionRecords`) is folded, vectorised, into running sums, integer
 histograms and batch sums, then dropped, so memory does not grow with the number of updates
-(it grows with n and with the largest staleness seen).
+(it grows with n and, per client, with the smaller of its number of updates and its largest
+staleness: :mod:`fedsim.histograms`).
 
 Statistics window. Updates whose index is below the warm-up (or that complete before the
 warm-up time) are discarded. The window opens at time t_w (the completion time of the last
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.special import stdtrit  # the t quantile without importing scipy.stats (slow to import)
 
 from fedsim.engine import CompletionRecords, Engine
+from fedsim.histograms import ClientHistograms
 from fedsim.scenario import Scenario
 
 FIRST_BATCH_SIZE = 64
@@ -97,12 +100,16 @@ def ratio_ci(y: np.ndarray, x: np.ndarray, level: float) -> tuple[np.ndarray, np
     return r, stdtrit(k - 1, 0.5 + level / 2) * se
 
 
-def histogram_quantile(hist: np.ndarray, q: float) -> float:
-    """Smallest value s with P(S <= s) >= q, from counts ``hist[s]`` (inverted-CDF quantile)."""
-    cdf = np.cumsum(hist)
-    if cdf.size == 0 or cdf[-1] == 0:
-        return float("nan")
-    return float(np.searchsorted(cdf, q * cdf[-1], side="left"))
+TRACE_COLUMNS = (("client", np.int32), ("dispatch_update", np.int64), ("apply_update", np.int64),
+                 ("staleness", np.int64), ("dispatch_time", np.float64), ("completion_time", np.float64))
+"""The columns of a trace (trace.parquet), one row per completed task, and their types."""
+
+
+def trace_columns(r: CompletionRecords) -> list[np.ndarray]:
+    """The trace rows of a chunk of completion records, column by column (:data:`TRACE_COLUMNS`)."""
+    apply = r.apply
+    return [r.client.astype(np.int32), r.dispatch_update, apply, apply - r.dispatch_update, r.dispatch_time,
+            r.completion_time]
 
 
 class TraceWriter:
@@ -117,20 +124,32 @@ class TraceWriter:
         import pyarrow.parquet as pq
 
         self._pa = pa
-        self.schema = pa.schema([
-            ("client", pa.int32()), ("dispatch_update", pa.int64()), ("apply_update", pa.int64()),
-            ("staleness", pa.int64()), ("dispatch_time", pa.float64()), ("completion_time", pa.float64()),
-        ])
+        self.schema = pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in TRACE_COLUMNS])
         self._writer = pq.ParquetWriter(path, self.schema)
 
     def on_records(self, r: CompletionRecords) -> None:
-        apply = r.apply
-        cols = [r.client.astype(np.int32), r.dispatch_update, apply, apply - r.dispatch_update, r.dispatch_time,
-                r.completion_time]
-        self._writer.write_table(self._pa.Table.from_arrays(cols, schema=self.schema))
+        self._writer.write_table(self._pa.Table.from_arrays(trace_columns(r), schema=self.schema))
 
     def on_finish(self, engine: Engine) -> None:
         self._writer.close()
+
+
+class TraceTable:
+    """Engine observer keeping the trace in memory; :meth:`frame` is trace.parquet's table."""
+
+    def __init__(self) -> None:
+        self._chunks: list[list[np.ndarray]] = []
+
+    def on_records(self, r: CompletionRecords) -> None:
+        self._chunks.append(trace_columns(r))
+
+    def frame(self) -> Any:
+        """The trace as a pandas DataFrame."""
+        import pandas as pd
+
+        parts = list(zip(*self._chunks)) if self._chunks else [() for _ in TRACE_COLUMNS]
+        return pd.DataFrame({name: np.concatenate(p).astype(dtype, copy=False) if p else np.zeros(0, dtype)
+                             for (name, dtype), p in zip(TRACE_COLUMNS, parts)})
 
 
 class Tracker:
@@ -151,7 +170,7 @@ class Tracker:
         self.stale_sum = np.zeros(n)
         self.sojourn_sum = np.zeros(n)
         self.area = np.zeros(n)
-        self.hist: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(n)]
+        self.hist = ClientHistograms(n)  # staleness counts per client (exact, sparse while few)
         # batch sums: rows are batches of ``batch_size`` window updates
         self.batch_size = FIRST_BATCH_SIZE
         slots = 2 * self.min_batches
@@ -199,7 +218,7 @@ class Tracker:
         self.sojourn_sum += np.bincount(client, weights=sojourn, minlength=n)
         presence = t_done - np.maximum(t_dispatch, self.window_start)  # time spent at the client in the window
         self.area += np.bincount(client, weights=presence, minlength=n)
-        self._fold_histograms(client, staleness)
+        self.hist.add(client, staleness)
         batch = (apply - self.window_first_update) // self.batch_size
         while batch[-1] >= self.b_count.shape[0]:
             self._merge_batches()
@@ -212,19 +231,6 @@ class Tracker:
         self.b_area += np.bincount(key, weights=presence, minlength=slots * n).reshape(slots, n)
         last = np.flatnonzero(np.diff(batch, append=batch[-1] + 1))
         self.b_end[batch[last]] = t_done[last]
-
-    def _fold_histograms(self, client: np.ndarray, staleness: np.ndarray) -> None:
-        order = np.argsort(client, kind="stable")
-        client, staleness = client[order], staleness[order]
-        starts = np.flatnonzero(np.diff(client, prepend=-1))
-        for i, part in zip(client[starts], np.split(staleness, starts[1:])):
-            h = np.bincount(part)
-            old = self.hist[i]
-            if len(h) > len(old):
-                h[: len(old)] += old
-                self.hist[i] = h
-            else:
-                old[: len(h)] += h
 
     def _merge_batches(self) -> None:
         """Double the batch size: batch k of the new series is batches 2k and 2k+1 of the old."""
@@ -264,10 +270,10 @@ class Tracker:
                 completions=self.count.copy(),
                 staleness_mean=self.stale_sum / self.count,
                 staleness_ci=stale_ci,
-                staleness_p50=np.array([histogram_quantile(h, 0.5) for h in self.hist]),
-                staleness_p90=np.array([histogram_quantile(h, 0.9) for h in self.hist]),
-                staleness_p99=np.array([histogram_quantile(h, 0.99) for h in self.hist]),
-                staleness_max=np.array([len(h) - 1 if len(h) else np.nan for h in self.hist], dtype=float),
+                staleness_p50=self.hist.quantile(0.5),
+                staleness_p90=self.hist.quantile(0.9),
+                staleness_p99=self.hist.quantile(0.99),
+                staleness_max=self.hist.maximum(),
                 sojourn_mean=self.sojourn_sum / self.count,
                 sojourn_ci=sojourn_ci,
                 queue_mean=self.area / duration if duration > 0 else np.full(self.n, np.nan),
@@ -275,6 +281,7 @@ class Tracker:
             )
             throughput = window_updates / duration if duration > 0 else float("nan")
             mean_staleness = self.stale_sum.sum() / window_updates if window_updates else float("nan")
+            group_staleness = self._by_group(self.stale_sum[None, :])[0] / group_completions  # nan: no updates
         return RunStatistics(
             updates=self.updates, window_updates=window_updates, sim_time=self.end_time,
             window_start=float(self.window_start), throughput=throughput, throughput_ci=float(thr_ci[0]),
@@ -282,7 +289,7 @@ class Tracker:
             batches=int(full), batch_size=self.batch_size, clients=clients,
             groups=GroupStatistics(
                 completions=group_completions.astype(np.int64),
-                staleness_mean=self._by_group(self.stale_sum[None, :])[0] / group_completions,
+                staleness_mean=group_staleness,
                 staleness_ci=group_ci,
             ),
         )

@@ -114,7 +114,9 @@ def test_divergence_stops_with_one_line_and_keeps_the_curve(write_yaml, tmp_path
     {"name": "fedavg", "clients_per_round": 3, "local_steps": 2},
 ])
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(write_yaml, tmp_path, algorithm):
-    path = write_yaml(with_training(algorithm=algorithm))
+    doc = with_training(algorithm=algorithm)
+    doc["concurrency"] = algorithm.get("clients_per_round", doc["concurrency"])  # FedAvg: C = m
+    path = write_yaml(doc)
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert fedsim_run(path, full, "--checkpoint-every", "420") == 0  # last checkpoint: update 840
     state = torch.load(full / FILENAME, weights_only=False)["state"]
@@ -164,7 +166,7 @@ def test_missing_dataset_is_a_one_line_usage_error(write_yaml, tmp_path, capsys)
 
 
 def test_fedavg_writes_its_own_run_folder(write_yaml, tmp_path, capsys):
-    doc = with_training(algorithm={"name": "fedavg", "clients_per_round": 3})
+    doc = with_training(algorithm={"name": "fedavg", "clients_per_round": 3}) | {"concurrency": 3}
     out = tmp_path / "out"
     assert fedsim_run(write_yaml(doc), out) == 0
     assert "fedavg, 300 rounds (900 client updates)" in capsys.readouterr().out
@@ -177,6 +179,6 @@ def test_fedavg_writes_its_own_run_folder(write_yaml, tmp_path, capsys):
     assert clients["completions"].sum() == 900
     assert (clients.loc[clients["completions"] > 0, "staleness_sim"] == 0).all()
     assert list(pd.read_csv(out / "training.csv").columns) == CURVE
-    too_many = with_training(algorithm={"name": "fedavg", "clients_per_round": 8})
+    too_many = with_training(algorithm={"name": "fedavg", "clients_per_round": 8}) | {"concurrency": 8}
     assert fedsim_run(write_yaml(too_many, "m.yaml"), tmp_path / "m") == 2
     assert "training.algorithm.clients_per_round" in capsys.readouterr().err

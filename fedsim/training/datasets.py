@@ -19,6 +19,7 @@ torchvision only inside the image loaders.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import numpy as np
 
 from fedsim.errors import ScenarioError
 from fedsim.fields import Field, between, boolean, choice, integer, nonnegative, string
+from fedsim.inputs import check_regular_file
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,67 @@ def resolve_root(root: str, base_dir: Path | None) -> Path:
     return location if location.is_absolute() or base_dir is None else Path(base_dir) / location
 
 
+# name -> (samples, train and test together; input shape; classes), for the resource estimate
+IMAGE_SHAPES = {
+    "mnist": (70_000, (1, 28, 28), 10), "fashion_mnist": (70_000, (1, 28, 28), 10),
+    "kmnist": (70_000, (1, 28, 28), 10), "cifar10": (60_000, (3, 32, 32), 10),
+    "cifar100": (60_000, (3, 32, 32), 100),
+}
+EMNIST_SHAPES = {"balanced": (131_600, 47), "byclass": (814_255, 62), "bymerge": (814_255, 47),
+                 "digits": (280_000, 10), "letters": (145_600, 37), "mnist": (70_000, 10)}
+MAX_FILE_BYTES = 4 << 30
+"""Largest dataset file read (4 GiB)."""
+
+
+def dataset_shape(name: str, params: dict[str, Any], n_clients: int) -> tuple[int, tuple[int, ...], int] | None:
+    """(samples, input shape, classes) of a built-in dataset without loading it (None for a
+    dataset registered elsewhere): what the resource estimate needs."""
+    if name == "synthetic":
+        return n_clients * params["samples"], (params["dim"],), params["classes"]
+    if name == "emnist":
+        samples, classes = EMNIST_SHAPES[params["split"]]
+        return samples, (1, 28, 28), classes
+    return IMAGE_SHAPES.get(name)
+
+
+def dataset_files(name: str, params: dict[str, Any], base_dir: Path | None) -> list[Path]:
+    """The files an image dataset is read from, in torchvision's layout (none for synthetic)."""
+    if name in MNIST_LIKE:
+        _, where, files = MNIST_LIKE[name]
+        names = files.replace("<split>", str(params.get("split", ""))).split(", ")
+    elif name in CIFAR:
+        _, where, train, test, _, _ = CIFAR[name]
+        names = train + test
+    else:
+        return []
+    folder = resolve_root(params["root"], base_dir) / where
+    return [folder / file for file in names]
+
+
+def _check_files(name: str, params: dict[str, Any], base_dir: Path | None, path: str) -> None:
+    """The dataset files that exist must be regular files of a sane size (not a pipe or a device)."""
+    for file in dataset_files(name, params, base_dir):
+        if os.path.lexists(file):
+            check_regular_file(file, f"{path}.root", f"{name} file {file}", MAX_FILE_BYTES)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's batch files, which hold dicts, lists, bytes and numpy arrays, and
+    nothing else: any other global is refused (only numpy's array reconstruction and
+    ``codecs.encode``, which build data), so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"): ("numpy", "ndarray"), ("numpy", "dtype"): ("numpy", "dtype"),
+               ("_codecs", "encode"): ("_codecs", "encode")}  # bytes in protocol-2 pickles
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = self.ALLOWED.get((module, name))
+        if target is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file")
+        return super().find_class(*target)
+
+
 def _torchvision(path: str) -> Any:
     try:
         import torchvision.datasets
@@ -197,6 +260,7 @@ def _mnist_like(name: str) -> Loader:
         tv = _torchvision(path)
         root = resolve_root(params["root"], base_dir)
         extra = {"split": params["split"]} if name == "emnist" else {}
+        _check_files(name, params, base_dir, path)
         try:
             train = getattr(tv, cls_name)(str(root), train=True, download=params["download"], **extra)
             test = getattr(tv, cls_name)(str(root), train=False, download=params["download"], **extra)
@@ -214,13 +278,17 @@ def _mnist_like(name: str) -> Loader:
 def _cifar(name: str) -> Loader:
     cls_name, where, train_files, test_files, key, classes = CIFAR[name]
 
-    def read(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def read(folder: Path, files: list[str], path: str) -> tuple[np.ndarray, np.ndarray]:
         data, labels = [], []
         for file in files:
             with open(folder / file, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(entry[key])
+                try:
+                    entry = _ArrayUnpickler(f, encoding="latin1").load()
+                    data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                    labels.extend(entry[key])
+                except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, AttributeError) as exc:
+                    raise ScenarioError(f"{path}.root", f"{folder / file} is not a {name} batch file "
+                                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
         return np.concatenate(data), np.asarray(labels, dtype=np.int64)
 
     def load(params: dict[str, Any], n_clients: int, rng: np.random.Generator, base_dir: Path | None,
@@ -233,10 +301,11 @@ def _cifar(name: str) -> Loader:
             except (RuntimeError, OSError) as exc:
                 raise ScenarioError(f"{path}.download", f"could not download {name} to {root}: "
                                     f"{str(exc).splitlines()[0]}") from None
+        _check_files(name, params, base_dir, path)
         try:
-            x_train, y_train = read(folder, train_files)
-            x_test, y_test = read(folder, test_files)
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError):
+            x_train, y_train = read(folder, train_files, path)
+            x_test, y_test = read(folder, test_files, path)
+        except OSError:
             raise _missing(name, root, where, ", ".join(train_files + test_files), path) from None
         return _images(x_train, y_train, x_test, y_test, classes)
 

@@ -137,7 +137,7 @@ class Rounds:
         self.routing_rng.bit_generator.state = state["routing_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.monitor.load_state_dict(state["monitor"])
-        self.next_checkpoint = state["next_checkpoint"]
+        self.next_checkpoint = state["next_checkpoint"] if self.checkpoint_every else math.inf  # none asked now
         res = state["result"]
         self.result = RoundsResult(res["rounds"], state["updates"], state["sim_time"], res["participation"].copy(),
                                    res["round_time_sum"])

@@ -17,6 +17,7 @@ all versions. torch is imported when a model is built, never when a scenario is 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,15 @@ def cnn(input_shape: tuple[int, ...], classes: int, channels: tuple[int, ...], h
 def is_factory_path(name: str) -> bool:
     """True for ``package.module:factory``."""
     return bool(FACTORY_PATH.match(name))
+
+
+def factory_source(name: str) -> Path | None:
+    """The source file of the (already imported) module of a ``package.module:factory`` model."""
+    if not is_factory_path(name):
+        return None
+    module = sys.modules.get(name.split(":")[0])
+    file = getattr(module, "__file__", None)
+    return Path(file) if file else None
 
 
 def build_model(name: str, params: dict[str, Any], input_shape: tuple[int, ...], classes: int,

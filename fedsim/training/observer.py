@@ -202,7 +202,7 @@ class TrainingObserver:
                     self.pending.append(task)
         torch.set_rng_state(state["torch_rng"])
         self.monitor.load_state_dict(state["monitor"])
-        self.next_checkpoint = state["next_checkpoint"]
+        self.next_checkpoint = state["next_checkpoint"] if self.checkpoint_every else math.inf  # none asked now
         self._resume_state = None
         self.live = True
         self._schedule()

@@ -115,19 +115,20 @@ class Monitor:
 
 
 def _fmt(row: Row) -> list[str]:
-    return [str(row[0])] + [f"{x:.10g}" for x in row[1:]]
+    return [str(row[0])] + [repr(float(x)) for x in row[1:]]  # shortest text that reads back exactly
 
 
 def training_figure(curve: pd.DataFrame, title: str) -> Any:
     """Test accuracy (top) and train/test loss (bottom) against simulated time (left) and
-    against updates (right)."""
-    import matplotlib.pyplot as plt
+    against updates (right): a pyplot-free ``Figure`` in fedsim's style
+    (:func:`fedsim.plots.figure_style`)."""
+    from matplotlib.figure import Figure
 
-    from fedsim.plots import STYLE
+    from fedsim.plots import figure_style
 
-    with plt.style.context(STYLE):
-        fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex="col")
-        _curves(axes, curve)
+    with figure_style():
+        fig = Figure(figsize=(12, 7.5))
+        _curves(fig.subplots(2, 2, sharex="col"), curve)
         fig.suptitle(title)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.18, hspace=0.25)
     return fig

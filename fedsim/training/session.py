@@ -1,10 +1,13 @@
-"""One training run of a scenario, from the built workload to the files in the run folder.
+"""One training run of a scenario, from the built workload to what its run folder holds.
 
 Asynchronous rules: :attr:`TrainingSession.observer` goes to ``fedsim.run.simulate``, then
-:meth:`TrainingSession.finish` writes ``training.png`` and ``model.pt`` and returns what
-``summary.json`` and ``clients.csv`` gain. FedAvg: :meth:`TrainingSession.run_rounds` runs the
-round loop and :meth:`TrainingSession.write_rounds` its run folder. Either way
-``training.csv`` is written row by row while the run goes.
+:meth:`TrainingSession.finish` closes the learning curve and returns what ``summary.json``
+gains. FedAvg: :meth:`TrainingSession.run_rounds` runs the round loop and
+:meth:`TrainingSession.rounds_summary` gives its summary. The session writes no result
+file: :mod:`fedsim.report` writes the run folder from :meth:`curve` and :meth:`model_state`.
+With ``curve`` the rows of ``training.csv`` are also appended to that file as they come (a
+run that stops keeps its curve so far); with ``checkpoint`` and ``checkpoint_every`` a
+checkpoint is written there every N updates.
 
 Run folder additions: ``training.csv`` and ``training.png`` (see :mod:`fedsim.training.record`);
 ``model.pt``, the final global model as a ``state_dict`` of the model; ``checkpoint.pt`` with
@@ -17,56 +20,54 @@ that could have been batched was not; null otherwise) and ``mean_window`` (tasks
 
 When a session starts it sets torch's number of CPU threads (``training.threads``) and seeds
 torch's global generator from the training stream (which only matters for models with
-stochastic layers, such as dropout): both are process-wide settings.
+stochastic layers, such as dropout): both are process-wide settings, which
+:func:`fedsim.run.run_scenario` restores when the run ends.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
 from fedsim import __version__
-from fedsim.report import atomic_write, write_csv, write_json
 from fedsim.scenario import Scenario
 from fedsim.training.algorithms import ALGORITHMS, Context
 from fedsim.training.batching import choose_clients
-from fedsim.training.checkpoint import FILENAME, load_checkpoint, save_checkpoint
-from fedsim.training.fedavg import Rounds, RoundsResult, rounds_table
+from fedsim.training.checkpoint import load_checkpoint, save_checkpoint
+from fedsim.training.fedavg import Rounds, RoundsResult
 from fedsim.training.kernels import expected_window
 from fedsim.training.observer import TrainingObserver
-from fedsim.training.record import Monitor, TrainingRecord, training_figure
+from fedsim.training.record import Monitor, TrainingRecord
 from fedsim.training.versions import ModelVersions
-from fedsim.training.workload import build_workload
+from fedsim.training.workload import Workload, build_workload
 
 
 class TrainingSession:
     """The training side of a run: workload, rule, learning curve, checkpoints.
 
-    ``out`` is the run folder (None: nothing is written, the curve stays in memory);
-    ``checkpoint_every`` (updates) writes ``out/checkpoint.pt``; ``resume`` is a run folder
-    whose checkpoint the run continues from; ``dtype`` float64 trains in double precision (a
-    reference for numerical checks).
+    ``workload``: the built workload (default: built here); ``curve``: a file the rows of
+    training.csv are appended to as they come; ``checkpoint``: the checkpoint file, replaced
+    every ``checkpoint_every`` updates; ``resume``: a run folder whose checkpoint the run
+    continues from; ``dtype`` float64 trains in double precision (a reference for numerical
+    checks; for a workload built here).
     """
 
-    def __init__(self, scenario: Scenario, out: Path | None = None, *, checkpoint_every: int | None = None,
+    def __init__(self, scenario: Scenario, *, workload: Workload | None = None, curve: Path | None = None,
+                 checkpoint: Path | None = None, checkpoint_every: int | None = None,
                  resume: Path | None = None, dtype: torch.dtype = torch.float32) -> None:
         cfg = scenario.training
         self.scenario = scenario
-        self.out = out
         state = load_checkpoint(resume, scenario) if resume is not None else None
         self.resumed_from = state["updates"] if state is not None else None
         torch.set_num_threads(cfg.threads)
-        self.workload = wl = build_workload(scenario, dtype)
+        self.workload = wl = workload if workload is not None else build_workload(scenario, dtype)
         torch.manual_seed(wl.torch_seed)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "summary.json").unlink(missing_ok=True)  # the folder is incomplete until the run ends
-        self.record = TrainingRecord(out / "training.csv" if out is not None else None,
-                                     state["rows"] if state is not None else None)
+        self.record = TrainingRecord(curve, state["rows"] if state is not None else None)
         self.model = model = ModelVersions(wl.w0.clone(), wl.flat.views)
         self.monitor = Monitor(lambda: wl.evaluator(model.w), self.record, cfg.eval_every)
         self.rule = rule = ALGORITHMS[cfg.algorithm.name](cfg.algorithm.kwargs, Context(model, scenario.p, wl.sizes))
@@ -74,10 +75,9 @@ class TrainingSession:
         self.choice = choose_clients(cfg, wl.trainer, wl.w0, window)
         save = None
         if checkpoint_every is not None:
-            if out is None:
-                raise ValueError("checkpoints need a run folder")
-            path = out / FILENAME
-            save = lambda st: save_checkpoint(path, scenario, st)  # noqa: E731
+            if checkpoint is None:
+                raise ValueError("checkpoint_every needs a checkpoint file")
+            save = partial(save_checkpoint, checkpoint, scenario)
         self.observer: TrainingObserver | None = None
         self.rounds: Rounds | None = None
         if self.rule.synchronous:
@@ -109,16 +109,8 @@ class TrainingSession:
         return {"data_size": self.workload.sizes}
 
     def finish(self) -> dict[str, Any]:
-        """Close the curve, write training.png and model.pt; the keys summary.json gains."""
+        """Close the learning curve; the keys summary.json gains."""
         self.record.close()
-        if self.out is not None and self.record.rows:
-            name = self.scenario.name
-            fig = training_figure(self.record.frame(), f"{name}: {self.scenario.training.algorithm.name}, "
-                                  f"{self.scenario.training.model.name} on {self.scenario.training.dataset.name}")
-            atomic_write(self.out / "training.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-            plt.close(fig)
-            state = self.workload.flat.state_dict(self.w)
-            atomic_write(self.out / "model.pt", lambda tmp: torch.save(state, tmp))
         return self.record.summary() | {
             "model_parameters": self.workload.flat.size,
             "max_alive_versions": None if self.synchronous else self.model.max_alive,
@@ -128,6 +120,14 @@ class TrainingSession:
             "batched_reason": self.choice.reason,
             "mean_window": self.mean_window,
         }
+
+    def curve(self) -> pd.DataFrame:
+        """The learning curve (training.csv) so far."""
+        return self.record.frame()
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The global model as the module's ``state_dict`` (CPU tensors): model.pt."""
+        return self.workload.flat.state_dict(self.w)
 
     @property
     def mean_window(self) -> float | None:
@@ -147,12 +147,10 @@ class TrainingSession:
         assert self.rounds is not None
         return self.rounds.run()
 
-    def write_rounds(self, result: RoundsResult) -> dict[str, Any]:
-        """The FedAvg run folder: clients.csv (see ``rounds_table``), training.csv/png, model.pt,
-        then summary.json (last). Returns the summary."""
-        extra = self.finish()
+    def rounds_summary(self, result: RoundsResult) -> dict[str, Any]:
+        """The content of a FedAvg run's summary.json (the training keys included)."""
         s = self.scenario
-        summary = {
+        return {
             "scenario": s.to_dict(),
             "seed": s.seed,
             "fedsim_version": __version__,
@@ -163,8 +161,4 @@ class TrainingSession:
             "wall_seconds": self.monitor.wall(),
             "round_time_mean": result.round_time_sum / result.rounds if result.rounds else None,
             "throughput_sim": result.updates / result.sim_time if result.sim_time > 0 else None,
-        } | extra
-        if self.out is not None:
-            write_csv(self.out / "clients.csv", rounds_table(s, result, self.workload.sizes))
-            write_json(self.out / "summary.json", summary)
-        return summary
+        } | self.finish()
