@@ -27,17 +27,15 @@ Every other grid column splits the points into series (one colour or line style 
 combination of values); with several series the legends sit outside the axes, so they never
 cover data. Seeds are independent replications, so the intervals are
 ``mean +- t_{k-1, 0.975} sd / sqrt(k)`` over the k seeds of a grid point. The figures are
-drawn on their own ``Figure`` objects inside a style context (seaborn's look from the style
-sheets matplotlib ships): nothing of matplotlib's global state is changed, and neither pyplot
-nor seaborn is imported.
+drawn on their own ``Figure`` objects inside :func:`fedsim.plots.figure_style`, as the run
+folders' figures: nothing of matplotlib's global state is changed, and neither pyplot nor
+seaborn is imported.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,35 +46,13 @@ from matplotlib.lines import Line2D
 from scipy import stats
 
 from fedsim.analytic import solve, throughput_curve
+from fedsim.plots import figure_style, palette
 from fedsim.sweep import CELLS_DIR, SUMMARY_FILE, load_results, load_training, target_column
 
 LEVEL = 0.95
 DPI = 100
 FIGURES = ("throughput_staleness", "group_staleness", "staleness_distribution", "approximation_error",
            "accuracy_vs_time", "time_to_target")
-
-
-# seaborn's look (white grid, notebook sizes, the "deep" palette) from the style sheets
-# matplotlib ships: no seaborn import, and only inside :func:`_style`
-STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-notebook", "seaborn-v0_8-deep")
-
-
-@contextmanager
-def _style() -> Iterator[None]:
-    """The style of fedsim's figures for those drawn and saved in the block; matplotlib's
-    settings are restored afterwards."""
-    import matplotlib.style
-
-    with matplotlib.style.context(STYLE):
-        yield
-
-
-def _palette(n: int) -> list[str]:
-    """The first ``n`` colours of the current colour cycle (repeated if needed)."""
-    import matplotlib
-
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    return [colors[i % len(colors)] for i in range(n)]
 
 
 def seed_interval(values: pd.Series) -> tuple[float, float]:
@@ -148,12 +124,12 @@ def throughput_staleness_figure(df: pd.DataFrame, grid: list[str], name: str) ->
     others = [p for p in grid if p != "concurrency"]
     cells = with_series(cells_of(df), others)
     series_names = list(cells["series"].unique())
-    palette = dict(zip(series_names, _palette(len(series_names))))
+    colors = dict(zip(series_names, palette(len(series_names))))
     several = len(series_names) > 1
     fig = Figure(figsize=(12.5 + 3 * several, 5), layout="constrained")
     ax_t, ax_s = fig.subplots(1, 2)
     for series, part in cells.groupby("series", sort=False):
-        color = palette[series]
+        color = colors[series]
         label = "" if series == "all" else f" ({series})"
         thr = over_seeds(part, ["concurrency"], "throughput_sim")
         sta = over_seeds(part, ["concurrency"], "mean_staleness_sim")
@@ -192,7 +168,7 @@ def group_staleness_figure(df: pd.DataFrame, grid: list[str], name: str) -> Figu
     ok = df[df["status"] == "ok"]
     groups_rows = with_series(ok.drop_duplicates(["cell", "group"]).reset_index(drop=True), others)
     group_names = list(groups_rows["group"].unique())
-    palette = dict(zip(group_names, _palette(len(group_names))))
+    colors = dict(zip(group_names, palette(len(group_names))))
     series_names = list(groups_rows["series"].unique())
     several = len(series_names) > 1
     styles = dict(zip(series_names, ["-", "--", ":", "-."] * len(series_names)))
@@ -213,14 +189,14 @@ def group_staleness_figure(df: pd.DataFrame, grid: list[str], name: str) -> Figu
         for g in group_names:
             rows = part[part["group"] == g]
             sim = over_seeds(rows[rows["concurrency"] > 1], ["concurrency"], "group_staleness_sim")  # 0 at C = 1
-            ax_g.plot(grid_c[1:], curves[g][1:], color=palette[g], ls=styles[series], lw=1.4)
+            ax_g.plot(grid_c[1:], curves[g][1:], color=colors[g], ls=styles[series], lw=1.4)
             ax_g.errorbar(sim["concurrency"], sim["mean"], yerr=sim["ci"], fmt=markers[series], ms=5, capsize=3,
-                          color=palette[g], label=f"{g}{suffix}")
+                          color=colors[g], label=f"{g}{suffix}")
             rel = rows.assign(rel=(rows["group_staleness_sim"] - rows["group_staleness_analytic"])
                               / rows["group_staleness_analytic"])
             err = over_seeds(rel[rel["concurrency"] > 1], ["concurrency"], "rel")
             ax_e.errorbar(err["concurrency"], 100 * err["mean"], yerr=100 * err["ci"], fmt=markers[series],
-                          ms=5, capsize=3, color=palette[g], ls=styles[series], lw=1, label=f"{g}{suffix}")
+                          ms=5, capsize=3, color=colors[g], ls=styles[series], lw=1, label=f"{g}{suffix}")
     for series in series_names:  # the line style of each series' analytical curves
         suffix = "" if series == "all" else f" ({series})"
         ax_g.plot([], [], color="0.3", ls=styles[series], lw=1.4, label=f"analytical{suffix}")
@@ -266,7 +242,7 @@ def staleness_distribution_figure(results: Path, df: pd.DataFrame, cell: str, na
     data = pd.DataFrame({"group": group_of[trace.loc[in_window, "client"].to_numpy()],
                          "staleness": trace.loc[in_window, "staleness"].to_numpy()})
     order = list(dict.fromkeys(group_of))
-    palette = dict(zip(order, _palette(len(order))))
+    colors = dict(zip(order, palette(len(order))))
     groups = pd.DataFrame(summary["groups"]).set_index("group")
     top = int(data["staleness"].max())
     edges = staleness_bins(top)
@@ -277,11 +253,11 @@ def staleness_distribution_figure(results: Path, df: pd.DataFrame, cell: str, na
         values = data.loc[data["group"] == g, "staleness"].to_numpy()
         counts, _ = np.histogram(values, bins=edges)
         # per unit of staleness, so that wide bins are not inflated: a density over the integers
-        ax_h.stairs(counts / (len(values) * widths), edges + 1, color=palette[g], lw=1.6, label=g)
-        ax_e.ecdf(values + 1, color=palette[g], lw=1.6, label=g)
+        ax_h.stairs(counts / (len(values) * widths), edges + 1, color=colors[g], lw=1.6, label=g)
+        ax_e.ecdf(values + 1, color=colors[g], lw=1.6, label=g)
         for ax in (ax_h, ax_e):
-            ax.axvline(1 + groups.loc[g, "staleness_sim"], color=palette[g], ls="--", lw=1.1)
-            ax.axvline(1 + groups.loc[g, "staleness_analytic"], color=palette[g], ls=":", lw=1.5)
+            ax.axvline(1 + groups.loc[g, "staleness_sim"], color=colors[g], ls="--", lw=1.1)
+            ax.axvline(1 + groups.loc[g, "staleness_analytic"], color=colors[g], ls=":", lw=1.5)
     means = [Line2D([], [], color="0.3", ls="--", lw=1.1, label="simulated mean"),
              Line2D([], [], color="0.3", ls=":", lw=1.5, label="analytical mean")]
     ticks = [v for v in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000) if v <= 3 * top]
@@ -313,7 +289,7 @@ def approximation_error_figure(df: pd.DataFrame, grid: list[str], cv_path: str, 
     per_group = per_group.assign(err=(per_group["group_staleness_analytic"] - per_group["group_staleness_sim"])
                                  / per_group["group_staleness_sim"])
     series_names = list(cells["series"].unique())
-    palette = dict(zip(series_names, _palette(len(series_names))))
+    colors = dict(zip(series_names, palette(len(series_names))))
     k = int(re.match(r"clients\[(\d+)\]", cv_path).group(1))
     cv_group = list(dict.fromkeys(ok.loc[ok["cell"] == ok["cell"].iloc[0], "group"]))[k]
     fig = Figure(figsize=(5.2 * (1 + len(group_names)) + 3, 5.4), layout="constrained")
@@ -326,7 +302,7 @@ def approximation_error_figure(df: pd.DataFrame, grid: list[str], cv_path: str, 
             err = over_seeds(table[table["series"] == series], [cv_path], "err")
             err = err.sort_values(cv_path)
             ax.errorbar(err[cv_path], 100 * err["mean"], yerr=100 * err["ci"], fmt="o-", ms=5, lw=1.2, capsize=3,
-                        color=palette[series], label=series)
+                        color=colors[series], label=series)
         ax.axhline(0, color="0.4", lw=1)
         ax.axvline(1, color="0.6", lw=1, ls=":")
         ax.set(xlabel=f"service-time cv of {cv_group} ({cv_path.removesuffix('.service.cv')})",
@@ -365,7 +341,7 @@ def accuracy_time_figure(curves: pd.DataFrame, grid: list[str], targets: list[fl
     grid point with its t-band over seeds."""
     curves = with_series(curves, grid)
     series_names = list(curves["series"].unique())
-    palette = dict(zip(series_names, _palette(len(series_names))))
+    colors = dict(zip(series_names, palette(len(series_names))))
     several = len(series_names) > 1
     fig = Figure(figsize=(12.5 + 2 * several, 5), layout="constrained")
     ax_a, ax_l = fig.subplots(1, 2)
@@ -375,12 +351,12 @@ def accuracy_time_figure(curves: pd.DataFrame, grid: list[str], targets: list[fl
         part = curves[curves["series"] == series]
         for ax, value in ((ax_a, "accuracy"), (ax_l, "loss")):
             t, mean, half = curve_band(part, value)
-            ax.plot(t, mean, color=palette[series], lw=1.6, label=series)
+            ax.plot(t, mean, color=colors[series], lw=1.6, label=series)
             if np.isfinite(half).any():  # drawn within what the quantity can be: [0, 1], or > 0
                 low, high = mean - half, mean + half
                 low = np.clip(low, 0.0, 1.0) if value == "accuracy" else np.maximum(low, mean / 10)
                 ax.fill_between(t, low, np.clip(high, 0.0, 1.0) if value == "accuracy" else high,
-                                color=palette[series], alpha=0.2, lw=0)
+                                color=colors[series], alpha=0.2, lw=0)
             if value == "loss":
                 loss_range = [min(loss_range[0], mean.min()), max(loss_range[1], mean.max())]
     for target in targets:
@@ -404,7 +380,7 @@ def time_to_target_figure(df: pd.DataFrame, grid: list[str], targets: list[float
     the seeds that reached it, with how many of them did."""
     cells = with_series(cells_of(df), grid)
     series_names = list(cells["series"].unique())
-    palette = dict(zip([f"{t:g}" for t in targets], _palette(len(targets))))
+    colors = dict(zip([f"{t:g}" for t in targets], palette(len(targets))))
     fig = Figure(figsize=(max(7.0, 1.3 * len(series_names) * len(targets) + 3), 5.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(targets)
@@ -419,7 +395,7 @@ def time_to_target_figure(df: pd.DataFrame, grid: list[str], targets: list[float
                 ax.text(x, 0, "not\nreached", ha="center", va="bottom", fontsize=8, color="0.3")
                 continue
             mean, half = seed_interval(times)
-            ax.bar(x, mean, width * 0.9, color=palette[f"{target:g}"], label=f"accuracy {target:g}" if i == 0 else None)
+            ax.bar(x, mean, width * 0.9, color=colors[f"{target:g}"], label=f"accuracy {target:g}" if i == 0 else None)
             half = half if np.isfinite(half) else 0.0
             if half > 0:  # a time is >= 0: the whisker stops there
                 ax.errorbar(x, mean, yerr=[[min(half, mean)], [half]], color="0.2", capsize=3, lw=1)
@@ -449,7 +425,7 @@ def make_figures(results: Path, out: Path, prefix: str = "", cell: str | None = 
     targets = list(manifest.get("targets", []))
     queueing = "mean_staleness_sim" in df.columns  # cells that ran the asynchronous network
     figures: dict[str, Figure] = {}
-    with _style():
+    with figure_style():
         if queueing and "concurrency" in grid and len(manifest["grid"]["concurrency"]) >= 3:
             figures["throughput_staleness"] = throughput_staleness_figure(df, grid, name)
             figures["group_staleness"] = group_staleness_figure(df, grid, name)
