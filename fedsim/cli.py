@@ -268,9 +268,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.cell and not (results / CELLS_DIR / args.cell / "trace.parquet").is_file():
         raise ScenarioError("--cell", f"{args.cell} has no trace.parquet; name it in the sweep file's trace: and "
                             "rerun the sweep")
-    out = Path(args.out) if args.out else results / "figures"
-    if out.exists() and not out.is_dir():
-        raise ScenarioError("--out", f"{out} is a file, not a folder")
+    from fedsim.folders import check_out
+
+    out = check_out(Path(args.out) if args.out else results / "figures")
     written = make_figures(results, out, args.prefix, args.cell)
     if not written:
         print(f"{results}: no figure fits this sweep (figures need a grid over concurrency with 3 values or more, "

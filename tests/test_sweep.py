@@ -467,6 +467,11 @@ def test_sweep_figures_are_written(reference, trained, tmp_path, capsys):
     assert out.startswith(f"{none}: no figure fits this sweep") and out.count("\n") == 1
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path}: no results.parquet in this folder; run fedsim sweep first\n"
+    taken = tmp_path / "taken.png"
+    taken.write_text("keep me")
+    assert main(["plot", str(trained), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out: ") and err.count("\n") == 1 and taken.read_text() == "keep me"
 
 
 def test_interval_over_seeds_and_integer_staleness_bins():
