@@ -6,6 +6,7 @@ Every problem raises :class:`~fedsim.errors.ScenarioError` naming the field path
 in README.md; in short::
 
     name: two-speeds
+    plugins: [mylaws]                              # optional: modules next to the file (fedsim.plugins)
     seed: 7
     concurrency: 10
     horizon: {updates: 200000, warmup: 10000}      # or {time: 5000.0, warmup: 500.0}
@@ -64,11 +65,12 @@ from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_number, check_str
 from fedsim.inputs import INT64_MAX, load_yaml_file
 from fedsim.paths import apply_overrides
+from fedsim.plugins import load_plugins
 from fedsim.routing import ROUTING_POLICIES, routing_probabilities
 from fedsim.sections import SECTIONS, ScenarioDraft, provided_routings
 
 CORE_FIELDS = ("name", "seed", "concurrency", "horizon", "routing", "statistics", "clients", "server",
-               "server_power")
+               "server_power", "plugins")
 GROUP_FIELDS = ("group", "count", "service", "routing_weight", "downlink", "uplink", "power") + BEHAVIOUR_FIELDS
 LINKS = ("downlink", "uplink")
 STATION_KINDS = ("fifo", "delay")
@@ -198,6 +200,7 @@ class Scenario:
     server: Station | None = None
     server_power: ServerPower | None = None
     sections: Mapping[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # modules imported before the scenario was parsed (fedsim.plugins)
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -268,7 +271,8 @@ class Scenario:
             horizon = {"updates": self.horizon.updates, "warmup": int(self.horizon.warmup)}
         else:
             horizon = {"time": self.horizon.time, "warmup": self.horizon.warmup}
-        out: dict[str, Any] = {
+        out: dict[str, Any] = {"plugins": list(self.plugins)} if self.plugins else {}
+        out |= {
             "name": self.name,
             "seed": self.seed,
             "concurrency": self.concurrency,
@@ -382,8 +386,11 @@ def _check_training_behaviour(groups: tuple[ClientGroup, ...], training: Any) ->
 def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None = None) -> Scenario:
     """Validate a scenario given as a mapping (the YAML document) and build the Scenario.
 
-    ``base_dir`` resolves relative file paths (empirical service times, datasets).
+    ``base_dir`` resolves relative file paths (empirical service times, datasets) and is where
+    the modules of ``plugins:`` are looked up first; they are imported before anything else is
+    parsed, so that what they register (laws, routings, sections, ...) is known.
     """
+    plugins = load_plugins(raw.get("plugins") if isinstance(raw, Mapping) else None, base_dir)
     doc = check_mapping(raw, "", CORE_FIELDS + tuple(SECTIONS))
     provider = provided_routings().get(doc.get("routing"))  # a section then chooses the concurrency
     for required in ("name", "horizon", "clients") + (() if provider else ("concurrency",)):
@@ -429,7 +436,7 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
                 draft.groups = with_local_steps(draft.groups, value.algorithm.kwargs.get("local_steps", 1))
     scenario = Scenario(name=name, seed=seed, concurrency=draft.concurrency, horizon=horizon, routing=draft.routing,
                         groups=draft.groups, statistics=statistics, server=server, server_power=server_power,
-                        sections=draft.sections, source=source, raw=dict(doc))
+                        sections=draft.sections, plugins=plugins, source=source, raw=dict(doc))
     scenario.p  # noqa: B018 -- resolve the routing now so that all-zero weights fail at parse time
     return scenario
 
