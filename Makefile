@@ -1,4 +1,5 @@
-# fedsim: every target sets the project up on first use (.venv with pinned dependencies).
+# fedsim: every target sets the project up on first use (.venv with the tested versions of
+# constraints.txt; pyproject.toml only gives lower bounds).
 PYTHON   ?= python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
@@ -11,10 +12,10 @@ RESULTS  ?= results/concurrency
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e ".[train,ray,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,ray,dev]"
 	touch $(STAMP)
 
 simulate: $(STAMP)
@@ -32,7 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_histograms.py
 
 plots: $(STAMP)
-	$(PY) analysis/sweep_plots.py $(RESULTS)
+	$(VENV)/bin/fedsim plot $(RESULTS)
 
 # optimised routing and concurrency against AsyncSGD, real training (docs/optimization.md)
 experiment: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``fedsim run | analytic | validate | sweep | optimize``.
+"""Command line: ``fedsim run | analytic | validate | sweep | plot | optimize``.
 
 Bad input (a ScenarioError) prints one line, ``error: <field path>: <what is allowed>``, on
 stderr, writes nothing, and exits with status 2; every check that can be made before a run
@@ -225,9 +225,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     limit = _max_memory(args)
     checked = preflight(scenario, trace=args.trace, max_memory=limit, solve_expensive=False)
     limit = limit if limit is not None else available_memory()
+    plugins = f"; plugins {', '.join(scenario.plugins)}" if scenario.plugins else ""
     print(f"{args.scenario}: valid ({scenario.n_clients} clients in {len(scenario.groups)} groups, "
-          f"C = {scenario.concurrency}, routing {scenario.routing}); needs about {checked.estimate.describe()} "
-          f"of memory" + (f" (limit {format_bytes(limit)})" if limit is not None else "")
+          f"C = {scenario.concurrency}, routing {scenario.routing}{plugins}); needs about "
+          f"{checked.estimate.describe()} of memory" + (f" (limit {format_bytes(limit)})" if limit is not None else "")
           + (f", {checked.estimate.updates:.4g} updates" if checked.estimate.updates else ""))
     if checked.workload is not None:
         cfg = scenario.training
@@ -256,6 +257,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for name, error in report.failed.items():
         print(f"failed cell {name}: {error}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+@command("plot")
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fedsim.sweep import CELLS_DIR, RESULTS_FILE
+    from fedsim.sweep_plots import make_figures
+
+    results = Path(args.results)
+    if not (results / RESULTS_FILE).is_file():
+        raise ScenarioError(str(results), f"no {RESULTS_FILE} in this folder; run fedsim sweep first")
+    if args.cell and not (results / CELLS_DIR / args.cell / "trace.parquet").is_file():
+        raise ScenarioError("--cell", f"{args.cell} has no trace.parquet; name it in the sweep file's trace: and "
+                            "rerun the sweep")
+    from fedsim.folders import check_out
+
+    out = check_out(Path(args.out) if args.out else results / "figures")
+    written = make_figures(results, out, args.prefix, args.cell)
+    if not written:
+        print(f"{results}: no figure fits this sweep (figures need a grid over concurrency with 3 values or more, "
+              "a grid over a clients[k].service.cv, a traced cell, or cells that train)")
+    for path in written:
+        print(path)
+    return 0
 
 
 @command("optimize")
@@ -331,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--ray", metavar="ADDRESS", help="run the cells as Ray tasks: auto, HOST:PORT, ray://..., "
                        "or local (a private local instance)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    plot = sub.add_parser("plot", help="the figures of a sweep folder (results.parquet) as PNGs")
+    plot.add_argument("results", help="a sweep folder (fedsim sweep --out)")
+    plot.add_argument("--out", help="folder of the PNGs (default RESULTS/figures)")
+    plot.add_argument("--prefix", default="", help="prefix of the file names, e.g. concurrency_")
+    plot.add_argument("--cell", help="the cell (folder name) of the staleness distribution; it needs trace.parquet")
     optimize = sub.add_parser("optimize", parents=[common], help="optimal routing and concurrency for the loss bound")
     optimize.add_argument("scenario")
     optimize.add_argument("--objective", choices=list(OBJECTIVES), required=True,

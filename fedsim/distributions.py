@@ -6,6 +6,7 @@ local update. The law of that time is written in a scenario file as a mapping::
     service: {dist: exponential, rate: 4.0}
     service: {dist: lognormal, mean: 2.0, cv: 1.5}
     service: {dist: empirical, file: durations.csv, column: seconds}
+    service: {dist: trace, file: steps.csv}          # replayed in order per client
 
 and turned into a :class:`ServiceDistribution` by :func:`make_distribution`, which is the only
 place where such a mapping is checked. Every law is described by the same numbers: ``mean``,
@@ -73,6 +74,7 @@ __all__ = [
     "LogNormal",
     "MeanCvDistribution",
     "Pareto",
+    "ReplayDurations",
     "ServiceDistribution",
     "Uniform",
     "Weibull",
@@ -717,6 +719,71 @@ class Empirical(ServiceDistribution):
 
     def _identity(self) -> tuple[Any, ...]:
         return (self.file, self.column, self.scale, self.data.tobytes())
+
+
+@register_distribution("trace")
+class ReplayDurations(ServiceDistribution):
+    """Per-device compute durations from a trace, replayed in order (``dist: trace``).
+
+    Spec field ``file`` (required): a ``client,duration`` CSV file (:mod:`fedsim.traces`), relative
+    to the scenario file's folder. In the simulation client k of the group replays device
+    ``k mod L``'s durations in order, cyclically (:meth:`sequence`); its mean service time is
+    the mean of that sequence (:meth:`client_means`). As a law (``mean``, ``variance``,
+    ``sample``) it is the pooled empirical distribution of every duration in the file, each
+    device weighted by its number of rows.
+    """
+
+    fields: ClassVar[tuple[str, ...]] = ("file",)
+    atomic = True
+
+    def __init__(self, file: str, labels: tuple[str, ...], sequences: list[np.ndarray]) -> None:
+        self.file = file
+        self.labels = labels
+        self.sequences = sequences
+        self.data = np.concatenate(sequences)
+
+    @classmethod
+    def from_spec(cls, params: Mapping[str, Any], base_dir: Path | None) -> Self:
+        if "file" not in params:
+            raise ScenarioError("file", "required for trace: a client,duration CSV file")
+        from fedsim.traces import by_label, read_columns
+
+        labels, values, lines = read_columns(params["file"], "file", base_dir, ("duration",))
+        duration = np.array(values["duration"])
+        bad = np.flatnonzero(duration <= 0)
+        if bad.size:
+            raise ScenarioError("file", f"{params['file']!r} line {lines[bad[0]]}: durations must be positive, "
+                                f"got {duration[bad[0]]:g}")
+        names, rows = by_label(labels)
+        return cls(params["file"], names, [duration[r] for r in rows])
+
+    def sequence(self, k: int) -> np.ndarray:
+        """The durations client k of the group replays, in order."""
+        return self.sequences[k % len(self.labels)]
+
+    def client_means(self, count: int) -> np.ndarray:
+        """Mean service time of each of the group's ``count`` clients."""
+        return np.array([self.sequence(k).mean() for k in range(count)])
+
+    @property
+    def mean(self) -> float:
+        return float(self.data.mean())
+
+    @property
+    def variance(self) -> float:
+        return float(self.data.var())
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return self.data[rng.integers(0, self.data.size, int(size))]
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"dist": self.name, "file": self.file}
+
+    def describe(self) -> str:
+        return f"trace({self.file}, {len(self.labels)} devices, mean={self.mean:.6g})"
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (self.file, self.labels, tuple(s.tobytes() for s in self.sequences))
 
 
 def _is_number(text: str) -> bool:

@@ -52,6 +52,9 @@ The engine only moves tasks. What is observed attaches to it as observers:
   so that observing costs a few list appends per update;
 - ``on_dispatch(task)`` / ``on_complete(task, update, now)``: per task, for observers that
   must act at the event itself (real training snapshots and applies models there);
+- ``on_lost(task, now)`` / ``on_availability(client, online, now)``: client behaviour only
+  (:mod:`fedsim.devices`): a task was lost (never applied; a replacement is dispatched at
+  once), a client went online or offline;
 - ``on_finish(engine)``: the run has ended.
 """
 
@@ -139,6 +142,14 @@ class Observer(Protocol):
         """``task`` completed at time ``now``; its update gets index ``update`` (staleness
         ``update - task.dispatch_update``). Called before the server dispatches the next task."""
 
+    def on_lost(self, task: Task, now: float) -> None:
+        """``task`` was lost at time ``now`` (client behaviour, :mod:`fedsim.devices`): its
+        update is never applied; a replacement is dispatched right after (``on_dispatch``)."""
+
+    def on_availability(self, client: int, online: bool, now: float) -> None:
+        """``client`` is online (or offline) from ``now`` on; every client with availability
+        reports its state at time 0 when the engine is built, then each switch."""
+
     def on_finish(self, engine: Engine) -> None:
         """The run has ended; tasks still in the network are ``engine.in_flight()``."""
 
@@ -175,10 +186,11 @@ def has_stations(scenario: Scenario) -> bool:
 
 
 def needs_stations(scenario: Scenario) -> bool:
-    """True unless the scenario is the base model with continuous compute laws: stations
-    (:func:`has_stations`) or a compute law with atoms (its ties need the grid and the tie rule)
-    take :class:`~fedsim.stations.StationEngine`."""
-    return has_stations(scenario) or any(g.service.atomic for g in scenario.groups)
+    """True unless the scenario is the base model with continuous compute laws and always-on
+    clients: stations (:func:`has_stations`), a compute law with atoms (its ties need the grid
+    and the tie rule) or client behaviour (:mod:`fedsim.devices`) take
+    :class:`~fedsim.stations.StationEngine`."""
+    return has_stations(scenario) or scenario.behaves or any(g.service.atomic for g in scenario.groups)
 
 
 class Client:

@@ -28,7 +28,8 @@ client's tasks anywhere in the network, the server included. ``summary.json`` ad
 ``energy_per_update`` (joules), each as ``_sim``, ``_ci`` and ``_analytic`` (0 where there is no
 server or no power), the figure ``time_breakdown.png`` and its table ``time_breakdown.csv``
 (:func:`time_breakdown_table`). A base scenario's files are
-exactly those of the base model.
+exactly those of the base model. A scenario with client behaviour adds the columns and keys of
+:mod:`fedsim.behaviour_report`, ``timeline.csv`` and the figure ``behaviour.png``.
 
 Numbers are written so that they read back exactly (shortest round-trip text in the CSV
 files), so :func:`open_run` gives back the :class:`Run` that was saved. Every file is written
@@ -51,6 +52,13 @@ import pandas as pd
 
 from fedsim import __version__
 from fedsim.analytic import ROUTE_STATIONS, ExtendedSolution, NetworkSolution, PowerDraw
+from fedsim.behaviour_report import (
+    BEHAVIOUR_COLUMNS,
+    behaviour_columns,
+    behaviour_summary,
+    timeline_figure,
+    timeline_table,
+)
 from fedsim.run import RunResult, analyse_power, extended_model
 from fedsim.scenario import Scenario
 
@@ -161,6 +169,9 @@ def clients_table(result: RunResult) -> pd.DataFrame:
     if result.stations is not None:
         df = df.assign(**station_columns(result))
         order += station_column_order()
+    if result.behaviour is not None:
+        df = df.assign(**behaviour_columns(result))
+        order += list(BEHAVIOUR_COLUMNS)
     return df[order]
 
 
@@ -226,7 +237,8 @@ def summary(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str,
         "mean_staleness_ci": st.mean_staleness_ci,
         "mean_staleness_analytic": an.mean_staleness,
         "staleness_max_abs_rel_error": float(np.abs(finite).max()) if finite.size else None,
-    } | (station_summary(result) if result.stations is not None else {}) | {
+    } | (station_summary(result) if result.stations is not None else {}) | (
+        behaviour_summary(result) if result.behaviour is not None else {}) | {
         "groups": groups_table(result).to_dict(orient="records"),
     } | (extra or {})
 
@@ -313,8 +325,9 @@ class Run:
     curve of training.csv (None without training), ``trace`` trace.parquet (None unless the
     run kept its trace), ``model`` the final global model as a ``state_dict`` of CPU tensors
     (model.pt; None without training), ``breakdown`` time_breakdown.csv (runs with links, a
-    server or powers; None otherwise). :meth:`save` writes the run folder and :func:`open_run`
-    reads it back into an equal Run.
+    server or powers; None otherwise), ``timeline`` timeline.csv (runs with client behaviour,
+    :mod:`fedsim.behaviour_report`; None otherwise). :meth:`save` writes the run folder and
+    :func:`open_run` reads it back into an equal Run.
     """
 
     summary: dict[str, Any]
@@ -323,6 +336,7 @@ class Run:
     trace: pd.DataFrame | None = None
     model: dict[str, Any] | None = None
     breakdown: pd.DataFrame | None = None
+    timeline: pd.DataFrame | None = None
 
     @property
     def scenario(self) -> dict[str, Any]:
@@ -357,7 +371,7 @@ class Run:
         if not isinstance(other, Run):
             return NotImplemented
         frames = all(_same_frame(getattr(self, k), getattr(other, k))
-                     for k in ("clients", "training", "trace", "breakdown"))
+                     for k in ("clients", "training", "trace", "breakdown", "timeline"))
         return frames and self.summary == other.summary and _same_model(self.model, other.model)
 
     __hash__ = None  # type: ignore[assignment]
@@ -389,8 +403,9 @@ def async_run(result: RunResult, *, extra: dict[str, Any] | None = None, columns
     """The :class:`Run` of an asynchronous run: clients.csv (with ``columns`` appended, one
     value per client) and summary.json (with ``extra`` keys appended)."""
     breakdown = time_breakdown_table(result) if result.stations is not None else None
+    timeline = timeline_table(result) if result.behaviour is not None else None
     return Run(summary=normalised(summary(result, extra)), clients=clients_table(result).assign(**(columns or {})),
-               training=curve, trace=trace, model=model, breakdown=breakdown)
+               training=curve, trace=trace, model=model, breakdown=breakdown, timeline=timeline)
 
 
 def write_files(run: Run, folder: Path, *, plots: bool = True) -> None:
@@ -402,6 +417,8 @@ def write_files(run: Run, folder: Path, *, plots: bool = True) -> None:
         write_csv(folder / "training.csv", run.training)
     if run.breakdown is not None:
         write_csv(folder / "time_breakdown.csv", run.breakdown)
+    if run.timeline is not None:
+        write_csv(folder / "timeline.csv", run.timeline)
     if run.model is not None:
         import torch
 
@@ -424,6 +441,9 @@ def write_files(run: Run, folder: Path, *, plots: bool = True) -> None:
                 fig = time_breakdown_figure(run.breakdown, numbers,
                                             title=f"{name}: where a task's time and the energy go" + approximate)
                 atomic_write(folder / "time_breakdown.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+            if run.timeline is not None:
+                fig = timeline_figure(run.timeline, run.summary)
+                atomic_write(folder / "behaviour.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
             if run.training is not None and len(run.training):
                 from fedsim.training.record import training_figure
 
@@ -453,13 +473,14 @@ def open_run(folder: str | Path) -> Run:
     training = read_csv(folder / "training.csv") if (folder / "training.csv").is_file() else None
     trace = pd.read_parquet(folder / "trace.parquet") if (folder / "trace.parquet").is_file() else None
     breakdown = read_csv(folder / "time_breakdown.csv") if (folder / "time_breakdown.csv").is_file() else None
+    timeline = read_csv(folder / "timeline.csv") if (folder / "timeline.csv").is_file() else None
     model = None
     if (folder / "model.pt").is_file():
         import torch
 
         model = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     return Run(summary=summary_, clients=read_csv(folder / "clients.csv"), training=training, trace=trace,
-               model=model, breakdown=breakdown)
+               model=model, breakdown=breakdown, timeline=timeline)
 
 
 def write_analytic(scenario: Scenario, solution: NetworkSolution, out: Path) -> None:

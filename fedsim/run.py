@@ -15,9 +15,9 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,12 +31,16 @@ from fedsim.analytic import (
     solve,
     solve_extended,
 )
+from fedsim.behaviour_tracking import BehaviourStatistics, BehaviourTracker
 from fedsim.engine import CompletionRecords, Engine, has_stations
 from fedsim.entry import make_callable
 from fedsim.errors import ScenarioError
 from fedsim.scenario import LINKS, Scenario
 from fedsim.stations_tracking import StationStatistics, StationTracker, power_vectors
 from fedsim.tracking import RunStatistics, TraceTable, TraceWriter, Tracker
+
+if TYPE_CHECKING:
+    from fedsim.behaviour_analytic import BehaviourModel
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class RunResult:
 
     For a scenario with links, a server or powers (:func:`~fedsim.engine.has_stations`),
     ``analytic`` is an :class:`~fedsim.analytic.ExtendedSolution`, and ``stations`` and
-    ``power`` hold the simulated station statistics and the analytical power draw.
+    ``power`` hold the simulated station statistics and the analytical power draw. With client
+    behaviour (:mod:`fedsim.behaviour`), ``behaviour`` holds what it did and ``behaviour_model``
+    its analysis (:mod:`fedsim.behaviour_analytic`); ``analytic`` then counts applied updates.
     """
 
     scenario: Scenario
@@ -54,6 +60,8 @@ class RunResult:
     wall_seconds: float
     stations: StationStatistics | None = None
     power: PowerDraw | None = None
+    behaviour: BehaviourStatistics | None = None
+    behaviour_model: BehaviourModel | None = None
 
 
 def extended_model(scenario: Scenario) -> tuple[ExtendedNetwork, PowerModel]:
@@ -73,12 +81,26 @@ def extended_model(scenario: Scenario) -> tuple[ExtendedNetwork, PowerModel]:
 
 
 def analyse(scenario: Scenario) -> NetworkSolution | ExtendedSolution:
-    """Product-form prediction for the scenario (exact iff every FIFO station is exponential):
-    the base model's :func:`~fedsim.analytic.solve`, or :func:`~fedsim.analytic.solve_extended`
-    when the scenario has links, a server or powers."""
+    """Product-form prediction for the scenario (exact iff ``scenario.exact``): the base model's
+    :func:`~fedsim.analytic.solve`, or :func:`~fedsim.analytic.solve_extended` when the scenario
+    has links, a server or powers; with client behaviour, :func:`analyse_behaviour`'s."""
+    if scenario.behaves:
+        return analyse_behaviour(scenario)[0]
+    return solve_at(scenario, scenario.mu)
+
+
+def solve_at(scenario: Scenario, mu: np.ndarray) -> NetworkSolution | ExtendedSolution:
+    """The scenario's network (base or extended) solved with compute rates ``mu``."""
     if not has_stations(scenario):
-        return solve(scenario.mu, scenario.p, scenario.concurrency)
-    return solve_extended(extended_model(scenario)[0], scenario.p, scenario.concurrency)
+        return solve(mu, scenario.p, scenario.concurrency)
+    return solve_extended(replace(extended_model(scenario)[0], mu=mu), scenario.p, scenario.concurrency)
+
+
+def analyse_behaviour(scenario: Scenario) -> tuple[NetworkSolution | ExtendedSolution, BehaviourModel]:
+    """The analysis of a scenario with client behaviour (:func:`fedsim.behaviour_analytic.analyse`)."""
+    from fedsim.behaviour_analytic import analyse
+
+    return analyse(scenario, lambda mu: solve_at(scenario, mu))
 
 
 def analyse_power(scenario: Scenario, solution: ExtendedSolution) -> PowerDraw:
@@ -128,7 +150,8 @@ def simulate(scenario: Scenario, *, observers: Iterable[object] = (), trace: Pat
     bar = (StepProgressBar if scenario.training is not None else ProgressBar)(scenario) if progress else None
     tracker = Tracker(scenario)
     stations = StationTracker(scenario) if has_stations(scenario) else None
-    extra = [o for o in (stations, bar, TraceWriter(trace) if trace is not None else None) if o is not None]
+    behaviour = BehaviourTracker(scenario) if scenario.behaves else None
+    extra = [o for o in (stations, behaviour, bar, TraceWriter(trace) if trace is not None else None) if o is not None]
     start = time.perf_counter()
     try:
         Engine(scenario, [tracker, *extra, *observers]).run()
@@ -136,11 +159,15 @@ def simulate(scenario: Scenario, *, observers: Iterable[object] = (), trace: Pat
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
-    analytic = analytic if analytic is not None else analyse(scenario)
-    if stations is None:
-        return RunResult(scenario=scenario, stats=tracker.result(), analytic=analytic, wall_seconds=wall)
-    return RunResult(scenario=scenario, stats=tracker.result(), analytic=analytic, wall_seconds=wall,
-                     stations=stations.result(), power=analyse_power(scenario, analytic))
+    parts: dict[str, Any] = {}
+    if behaviour is None:
+        analytic = analytic if analytic is not None else analyse(scenario)
+    else:  # the analysis of behaviour also gives its model (losses, capacity, always-on throughput)
+        analytic, model = analyse_behaviour(scenario)
+        parts = {"behaviour": behaviour.result(), "behaviour_model": model}
+    if stations is not None:
+        parts |= {"stations": stations.result(), "power": analyse_power(scenario, analytic)}
+    return RunResult(scenario=scenario, stats=tracker.result(), analytic=analytic, wall_seconds=wall, **parts)
 
 
 # ---------------------------------------------------------------------------------------

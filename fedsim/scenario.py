@@ -6,6 +6,7 @@ Every problem raises :class:`~fedsim.errors.ScenarioError` naming the field path
 in README.md; in short::
 
     name: two-speeds
+    plugins: [mylaws]                              # optional: modules next to the file (fedsim.plugins)
     seed: 7
     concurrency: 10
     horizon: {updates: 200000}                     # or {time: 5000.0}; warmup: auto (default) or fixed
@@ -21,6 +22,13 @@ in README.md; in short::
         downlink: {dist: exponential, mean: 0.4, station: delay}   # optional; station: fifo | delay
         uplink: {dist: lognormal, mean: 1.2, cv: 0.8, station: fifo}
         power: {compute: 3.0, uplink: 1.5, downlink: 0.8, idle: 0.2}   # optional, watts
+      - group: phones
+        count: 40
+        service: {dist: lognormal, mean: 0.4, cv: 1.0, per: step, steps: 5}   # per: task | step
+        availability: {on: {dist: exponential, mean: 30.0}, off: {dist: exponential, mean: 10.0},
+                       offline: pause}            # or {trace: traces/phones.csv, offline: drop}
+        speed_profile: {period: 1440, factors: [1.0, 0.5, 0.8]}
+        dropout: 0.05
 
 The network: a task routed to client i visits ``downlink_i -> compute_i -> uplink_i ->
 server``; links and the server are optional (absent: no delay), so a scenario with none of
@@ -39,17 +47,31 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.behaviour import (
+    BEHAVIOUR_FIELDS,
+    Availability,
+    SpeedProfile,
+    exact_case,
+    mean_service_times,
+    parse_availability,
+    parse_dropout,
+    parse_service,
+    parse_speed_profile,
+    replayed,
+    with_local_steps,
+)
 from fedsim.distributions import ServiceDistribution, make_distribution
 from fedsim.errors import ScenarioError
 from fedsim.fields import check_int, check_mapping, check_number, check_str
 from fedsim.inputs import INT64_MAX, load_yaml_file
 from fedsim.paths import apply_overrides
+from fedsim.plugins import load_plugins
 from fedsim.routing import ROUTING_POLICIES, routing_probabilities
 from fedsim.sections import SECTIONS, ScenarioDraft, provided_routings
 
 CORE_FIELDS = ("name", "seed", "concurrency", "horizon", "routing", "statistics", "clients", "server",
-               "server_power")
-GROUP_FIELDS = ("group", "count", "service", "routing_weight", "downlink", "uplink", "power")
+               "server_power", "plugins")
+GROUP_FIELDS = ("group", "count", "service", "routing_weight", "downlink", "uplink", "power") + BEHAVIOUR_FIELDS
 LINKS = ("downlink", "uplink")
 STATION_KINDS = ("fifo", "delay")
 DEFAULT_LINK_KIND = "delay"
@@ -98,7 +120,12 @@ class ServerPower:
 
 @dataclass(frozen=True)
 class ClientGroup:
-    """``count`` identical clients sharing a compute law, routing weight, links and power."""
+    """``count`` identical clients sharing a compute law, routing weight, links, power and
+    behaviour (:mod:`fedsim.behaviour`).
+
+    ``service`` is the law of a task's compute time (with ``per: step``, a
+    :class:`~fedsim.behaviour.StepSum` of the step law). ``dropout`` is 0 when not given.
+    """
 
     name: str
     count: int
@@ -107,6 +134,14 @@ class ClientGroup:
     downlink: Station | None = None
     uplink: Station | None = None
     power: ClientPower | None = None
+    availability: Availability | None = None
+    speed_profile: SpeedProfile | None = None
+    dropout: float = 0.0
+
+    @property
+    def behaves(self) -> bool:
+        """True when the clients go offline, change speed or drop tasks."""
+        return self.availability is not None or self.speed_profile is not None or self.dropout > 0
 
     def to_dict(self) -> dict[str, Any]:
         """The group in the YAML schema."""
@@ -119,6 +154,12 @@ class ClientGroup:
                 out[link] = station.to_spec()
         if self.power is not None:
             out["power"] = vars(self.power).copy()
+        if self.availability is not None:
+            out["availability"] = self.availability.to_dict()
+        if self.speed_profile is not None:
+            out["speed_profile"] = self.speed_profile.to_dict()
+        if self.dropout > 0:
+            out["dropout"] = self.dropout
         return out
 
 
@@ -161,6 +202,7 @@ class Scenario:
     server: Station | None = None
     server_power: ServerPower | None = None
     sections: Mapping[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # modules imported before the scenario was parsed (fedsim.plugins)
     source: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -190,8 +232,8 @@ class Scenario:
 
     @cached_property
     def mean_service(self) -> np.ndarray:
-        """E[S_i] for every client."""
-        return np.array([g.service.mean for g in self.groups])[self.client_group]
+        """E[S_i] for every client (of a whole task; a replayed trace's own mean per client)."""
+        return np.concatenate([mean_service_times(g.service, g.count) for g in self.groups])
 
     @cached_property
     def mu(self) -> np.ndarray:
@@ -204,9 +246,17 @@ class Scenario:
         return self.server is not None or any(getattr(g, link) is not None for g in self.groups for link in LINKS)
 
     @property
+    def behaves(self) -> bool:
+        """True when some clients go offline, change speed or drop tasks (:mod:`fedsim.behaviour`)."""
+        return any(g.behaves for g in self.groups)
+
+    @property
     def exact(self) -> bool:
         """True when the product-form analysis is exact: every FIFO station (compute, FIFO links,
-        the server) is exponential; delay stations may have any law (insensitivity)."""
+        the server) is exponential; delay stations may have any law (insensitivity). With client
+        behaviour, only in the cases of :func:`~fedsim.behaviour.exact_case`."""
+        if self.behaves:
+            return exact_case(self) is not None
         fifo = [g.service for g in self.groups]
         fifo += [s.law for g in self.groups for s in (g.downlink, g.uplink) if s is not None and s.kind == "fifo"]
         fifo += [self.server.law] if self.server is not None else []
@@ -223,7 +273,8 @@ class Scenario:
         warmup = WARMUP_AUTO if h.warmup is None else int(h.warmup) if h.updates is not None else h.warmup
         horizon = {"updates": h.updates} if h.updates is not None else {"time": h.time}
         horizon["warmup"] = warmup
-        out: dict[str, Any] = {
+        out: dict[str, Any] = {"plugins": list(self.plugins)} if self.plugins else {}
+        out |= {
             "name": self.name,
             "seed": self.seed,
             "concurrency": self.concurrency,
@@ -301,25 +352,51 @@ def _parse_groups(raw: Any, base_dir: Path | None) -> tuple[ClientGroup, ...]:
         count = check_int(g.get("count", 1), f"{path}.count", 1)
         if "service" not in g:
             raise ScenarioError(f"{path}.service", "missing; give e.g. {dist: exponential, rate: 1.0}")
-        service = make_distribution(g["service"], f"{path}.service", base_dir)
+        service = parse_service(g["service"], f"{path}.service", base_dir)
         weight = None
         if "routing_weight" in g:
             weight = check_number(g["routing_weight"], f"{path}.routing_weight", low=0.0)
         links = {link: _parse_station(g[link], f"{path}.{link}", base_dir) for link in LINKS if link in g}
         power = _parse_power(g["power"], f"{path}.power", ClientPower) if "power" in g else None
+        behaviour: dict[str, Any] = {}
+        if g.get("availability") is not None:
+            behaviour["availability"] = parse_availability(g["availability"], f"{path}.availability", base_dir)
+        if g.get("speed_profile") is not None:
+            behaviour["speed_profile"] = parse_speed_profile(g["speed_profile"], f"{path}.speed_profile")
+        if "dropout" in g:
+            behaviour["dropout"] = parse_dropout(g["dropout"], f"{path}.dropout")
         groups.append(ClientGroup(name=name, count=count, service=service, routing_weight=weight, power=power,
-                                  **links))
+                                  **links, **behaviour))
     total = sum(g.count for g in groups)
     if total > MAX_CLIENTS:
         raise ScenarioError("clients", f"{total:,} clients in all, above the limit of {MAX_CLIENTS:,}")
     return tuple(groups)
 
 
+def _check_training_behaviour(groups: tuple[ClientGroup, ...], training: Any) -> None:
+    """Client behaviour needs the asynchronous engine: a round-based rule (FedAvg) refuses it."""
+    if not getattr(training, "synchronous", False):
+        return
+    for k, g in enumerate(groups):
+        given = {"availability": g.availability is not None, "speed_profile": g.speed_profile is not None,
+                 "dropout": g.dropout > 0}
+        for name in BEHAVIOUR_FIELDS:
+            if given[name]:
+                raise ScenarioError(f"clients[{k}].{name}", "not supported with a round-based rule (fedavg runs "
+                                    "rounds outside the asynchronous engine); remove it or use an asynchronous rule")
+        if replayed(g.service):
+            raise ScenarioError(f"clients[{k}].service.dist", "trace replays durations in the asynchronous engine; "
+                                "fedavg takes a law (empirical resamples measured durations)")
+
+
 def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None = None) -> Scenario:
     """Validate a scenario given as a mapping (the YAML document) and build the Scenario.
 
-    ``base_dir`` resolves relative file paths (empirical service times, datasets).
+    ``base_dir`` resolves relative file paths (empirical service times, datasets) and is where
+    the modules of ``plugins:`` are looked up first; they are imported before anything else is
+    parsed, so that what they register (laws, routings, sections, ...) is known.
     """
+    plugins = load_plugins(raw.get("plugins") if isinstance(raw, Mapping) else None, base_dir)
     doc = check_mapping(raw, "", CORE_FIELDS + tuple(SECTIONS))
     provider = provided_routings().get(doc.get("routing"))  # a section then chooses the concurrency
     for required in ("name", "horizon", "clients") + (() if provider else ("concurrency",)):
@@ -360,9 +437,12 @@ def parse_scenario(raw: Any, base_dir: Path | None = None, source: Path | None =
             value = section.parser()(doc.get(section.name), draft)
             if value is not None:
                 draft.sections[section.name] = value
+            if section.name == "training" and value is not None:
+                _check_training_behaviour(draft.groups, value)
+                draft.groups = with_local_steps(draft.groups, value.algorithm.kwargs.get("local_steps", 1))
     scenario = Scenario(name=name, seed=seed, concurrency=draft.concurrency, horizon=horizon, routing=draft.routing,
                         groups=draft.groups, statistics=statistics, server=server, server_power=server_power,
-                        sections=draft.sections, source=source, raw=dict(doc))
+                        sections=draft.sections, plugins=plugins, source=source, raw=dict(doc))
     scenario.p  # noqa: B018 -- resolve the routing now so that all-zero weights fail at parse time
     return scenario
 
@@ -394,10 +474,12 @@ class Streams:
     never changes the others, so the queueing sample path (``service``, ``routing``) is the
     same with and without training. The extended network's stations draw from ``downlink``
     and ``uplink`` (one child per client), ``server``, and ``ties`` (one child per station
-    with an atomic law), appended last so that the earlier streams are unchanged.
+    with an atomic law), appended last so that the earlier streams are unchanged; client
+    behaviour draws from ``availability`` (on and off periods, one child per client, each with
+    a child per law) and ``dropout`` (one child per client), appended after them.
     """
 
-    PURPOSES = ("service", "routing", "training", "downlink", "uplink", "server", "ties")
+    PURPOSES = ("service", "routing", "training", "downlink", "uplink", "server", "ties", "availability", "dropout")
 
     def __init__(self, seed: int) -> None:
         self.seed = seed

@@ -58,6 +58,7 @@ import simpy
 import fedsim.engine as engine_module
 from fedsim.distributions import ServiceDistribution
 from fedsim.engine import STAGES, Engine, Task, _blocks, draw_blocks, service_times
+from fedsim.behaviour import replayed
 from fedsim.scenario import LINKS, Station as StationSpec
 from fedsim.simkernel import NORMAL, armed_event, trigger_urgent
 
@@ -70,6 +71,8 @@ GRID_EXACT_UNTIL = 1e9
 the ticks of ``now`` while their relative round-off, about 3e-16 of 1e15, stays below half a
 tick (2^52 ticks are 4.5e9 time units; a margin is kept)."""
 SERVER_BLOCK = 4096
+LOSS_CAUSES = ("dropout", "offline")
+"""Why a task can be lost (:mod:`fedsim.devices`): at completion, or its client went offline."""
 N_STAMPS = 2 * len(STAGES)
 
 
@@ -227,6 +230,15 @@ class StationEngine(Engine):
         compute_rngs = self.streams.per_client("service", n)
         link_seeds = {link: self.streams.seed_sequence(link).spawn(n) for link in LINKS
                       if any(getattr(g, link) is not None for g in s.groups)}
+        self._blocks = blocks
+        self.lost = {cause: np.zeros(n, dtype=np.int64) for cause in LOSS_CAUSES}
+        self._lost_hooks = self._hooks("on_lost")
+        self._availability_hooks = self._hooks("on_availability")
+        devices = None
+        if s.behaves or any(replayed(g.service) for g in s.groups):
+            import fedsim.devices as devices
+        first = np.concatenate([[0], np.cumsum([g.count for g in s.groups])])
+        device_stations = {}
         self.routes: list[list[Station]] = []
         self._entries: list[Callable[[Task, float], None]] = []
         for i, g in enumerate(s.client_group):
@@ -239,7 +251,13 @@ class StationEngine(Engine):
                 route.append(self._station(group.uplink, stage["uplink"], i, rng, block, forward))
                 forward = route[-1].arrive
             compute = StationSpec(group.service, "fifo")
-            route.append(self._station(compute, stage["compute"], i, compute_rngs[i], block, forward))
+            draws = cls = None
+            if devices is not None:
+                draws = devices.compute_durations(group.service, i - int(first[g]), compute_rngs[i], block)
+                cls = devices.DeviceStation if group.behaves else None
+            route.append(self._station(compute, stage["compute"], i, compute_rngs[i], block, forward, cls, draws))
+            if group.behaves:
+                device_stations[i] = route[-1]
             forward = route[-1].arrive
             if group.downlink is not None:
                 rng = np.random.Generator(np.random.PCG64(link_seeds["downlink"][i]))
@@ -247,19 +265,42 @@ class StationEngine(Engine):
                 forward = route[-1].arrive
             self.routes.append(route[::-1])
             self._entries.append(forward)
+        self.speed_schedules = devices.attach(self, device_stations) if device_stations else []
 
     def _station(self, spec: StationSpec, stage: int, client: int, rng: np.random.Generator, block: int,
-                 forward: Callable[[Task, float], None]) -> Station:
-        """A station of ``spec``'s discipline drawing from ``rng``; on the grid if its law is atomic."""
-        cls = FifoStation if spec.kind == "fifo" else DelayStation
+                 forward: Callable[[Task, float], None], cls: type[Station] | None = None,
+                 draws: Callable[[], Any] | None = None) -> Station:
+        """A station of ``spec``'s discipline (or of class ``cls``) drawing from ``rng`` (or
+        taking its durations from ``draws``, in ticks for an atomic law); on the grid if its law
+        is atomic."""
+        cls = cls or (FifoStation if spec.kind == "fifo" else DelayStation)
         if not spec.law.atomic:
-            return cls(self, stage, client, service_times(spec.law, rng, block), None, forward)
+            return cls(self, stage, client, draws or service_times(spec.law, rng, block), None, forward)
         seeds = self._tie_seeds.get(stage)
         if seeds is None:
             seeds = self._tie_seeds[stage] = self.streams.seed_sequence("ties").spawn(len(STAGES))[stage].spawn(
                 self.scenario.n_clients)
         keys = tie_keys(np.random.Generator(np.random.PCG64(seeds[client])), block)
-        return cls(self, stage, client, grid_durations(spec.law, rng, block), keys, forward)
+        return cls(self, stage, client, draws or grid_durations(spec.law, rng, block), keys, forward)
+
+    def block_of(self, client: int) -> int:
+        """Block size of ``client``'s streams (:func:`~fedsim.engine.draw_blocks`)."""
+        return int(self._blocks[client])
+
+    def lose(self, task: Task, now: float, cause: str) -> None:
+        """``task`` is lost (``cause``: ``dropout`` or ``offline``, :mod:`fedsim.devices`): it is
+        counted in ``lost[cause]``, observers hear of it (``on_lost``), and a new task is
+        dispatched at once in its place, so C tasks stay in circulation. Its update is never
+        applied."""
+        self.lost[cause][task.client] += 1
+        for hook in self._lost_hooks:
+            hook(task, now)
+        self.dispatch(now)
+
+    def report_availability(self, client: int, online: bool, now: float) -> None:
+        """Tell the observers that ``client`` is ``online`` (or not) from ``now`` on."""
+        for hook in self._availability_hooks:
+            hook(client, online, now)
 
     def dispatch(self, now: float) -> None:
         """Send a new task, carrying the current model (index ``updates``), to a random client:

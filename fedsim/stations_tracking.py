@@ -25,7 +25,7 @@ and energy per update = total power / throughput.
 
 Window and intervals: the window opens after the horizon's warm-up (by update index or by
 time); with ``warmup: auto`` these statistics do not follow the window the tracker detects
-but take a fixed warm-up of DEFAULT_WARMUP_FRACTION of the horizon. Batches are consecutive runs of b applied
+but take a fixed warm-up of 10% of the horizon (:func:`fedsim.tracking.fixed_warmup`). Batches are consecutive runs of b applied
 updates with b doubling (adjacent batches merged) whenever the count reaches twice
 ``statistics.batches``, a task's time in the window is counted in the batch of its update, and
 every interval is the batch-means ratio interval of :func:`fedsim.tracking.ratio_ci`. Memory
@@ -34,18 +34,17 @@ grows with n times the number of stations that exist, not with the run length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedsim.engine import STAGES, CompletionRecords
 from fedsim.scenario import ClientPower, Scenario, ServerPower
 from fedsim.stations import StationEngine
-from fedsim.tracking import ratio_ci
+from fedsim.tracking import fixed_warmup, ratio_ci
 
 ROUTE = STAGES[:3]
 FIRST_BATCH_SIZE = 64
-DEFAULT_WARMUP_FRACTION = 0.1  # the warm-up when the horizon leaves it to the tracker (warmup: auto)
 SERVER = len(STAGES) - 1
 
 
@@ -104,11 +103,7 @@ class StationTracker:
     def __init__(self, scenario: Scenario) -> None:
         n = scenario.n_clients
         self.n = n
-        h = scenario.horizon
-        if h.warmup is None:
-            warmup = DEFAULT_WARMUP_FRACTION * (h.updates if h.updates is not None else h.time)
-            h = replace(h, warmup=int(warmup) if h.updates is not None else warmup)
-        self.horizon = h
+        self.horizon = fixed_warmup(scenario.horizon)
         self.level = scenario.statistics.confidence
         self.power, self.server_power = power_vectors(scenario)
         self.groups = np.eye(len(scenario.groups))[scenario.client_group]  # client x group indicator

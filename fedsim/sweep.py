@@ -4,6 +4,7 @@ A sweep file names a base scenario and a grid of scenario fields, each by its *f
 (the path :class:`~fedsim.errors.ScenarioError` uses)::
 
     name: concurrency
+    plugins: [mylab]                        # optional: modules imported first (fedsim.plugins)
     scenario: ../scenarios/default.yaml     # a scenario file (relative to this file) or a mapping
     overrides: {horizon: {updates: 100000, warmup: 10000}}   # optional: set on every cell
     grid:                                   # optional: the product of these lists
@@ -12,6 +13,7 @@ A sweep file names a base scenario and a grid of scenario fields, each by its *f
     seeds: 5                                # replications per grid point (default 1)
     seed: 2025                              # base seed (default: the base scenario's seed)
     trace: {concurrency: 20}                # optional: these cells also write trace.parquet
+    targets: [0.6, 0.75]                    # optional, base scenario that trains: time to these accuracies
 
 Cells. The cells are the product of the grid lists (in file order, the last path varying
 fastest) times the seed indices ``k = 0..seeds-1`` (innermost). Cell ``k`` of a grid point
@@ -19,7 +21,9 @@ runs with scenario seed ``seed + k``: the same seeds at every grid point (common
 numbers, so differences between grid points are not blurred by independent noise), and
 different seeds give independent streams because :class:`~fedsim.scenario.Streams` hashes
 the seed through ``numpy.random.SeedSequence``. The seed is fixed by the sweep file alone,
-so a cell gives the same run whichever executor runs it.
+so a cell gives the same run whichever executor runs it. A cell is the run ``fedsim run``
+makes of its scenario: with a ``training:`` section it trains (FedAvg runs its rounds), and
+``routing: optimal-*`` is optimised for the cell's own seed.
 
 Field paths. ``name(.name | [index])*``, resolved on the base scenario as written (the YAML
 mapping, after ``overrides``). Every step but the last must exist in the base (a list index
@@ -32,19 +36,23 @@ not a grid path (use ``seeds`` and ``seed``).
 
 Output folder::
 
-    OUT/sweep.json        the resolved sweep: base scenario, grid, seeds, the cells
-    OUT/cells/<cell>/     an ordinary run folder (summary.json, clients.csv[, trace.parquet])
-    OUT/results.parquet   one row per cell and client, written last
+    OUT/sweep.json        the resolved sweep: base scenario, grid, seeds, targets, the cells
+    OUT/cells/<cell>/     an ordinary run folder without figures (summary.json, clients.csv[,
+                          trace.parquet][, training.csv, model.pt]) and cell.json, its input
+    OUT/results.parquet   one row per cell and client (:func:`cell_rows`), written last
+    OUT/training.parquet  every learning curve (:func:`collect_training`), when cells train
 
 A cell folder is named by its grid values and seed, ``concurrency=20__seed=2025``. It is
-complete when its ``summary.json`` exists (it is written last, by atomic rename) and holds
-the cell's scenario; a rerun skips complete cells, so a killed sweep resumes where it
-stopped, and a grid extended with new values runs only the new cells.
+complete when its ``summary.json`` exists (it is written last, by atomic rename) and its
+``cell.json`` holds the cell's scenario mapping and trace flag; a rerun skips complete cells
+(without parsing them), so a killed sweep resumes where it stopped, and a grid extended with
+new values runs only the new cells.
 
 Execution. A cell is :func:`run_cell`: a picklable :class:`CellJob` in, the run folder's
 files as bytes out (``{"clients.csv": b"...", "summary.json": b"..."}``), or the error
 text. The driver process writes every folder, so Ray nodes need no shared file system.
-The same function runs in-process (``workers=1``), in a local process pool, or as Ray tasks.
+The same function runs in-process (``workers=1``), in a local process pool, or as Ray tasks;
+it first imports the plug-in modules of the driver (:mod:`fedsim.plugins`).
 A cell that raises records ``status = "error"`` and its message in results.parquet, and the
 sweep goes on.
 """
@@ -71,14 +79,18 @@ import pandas as pd
 from fedsim import __version__
 from fedsim.entry import make_callable
 from fedsim.errors import ScenarioError
-from fedsim.fields import check_int, check_mapping, check_str
+from fedsim.fields import check_int, check_mapping, check_number, check_str
 from fedsim.inputs import load_yaml_file
 from fedsim.paths import set_path, split_path
+from fedsim.plugins import import_near, load_plugins, registered_modules
 from fedsim.scenario import MAX_SEED, parse_scenario
 
-SWEEP_FIELDS = ("name", "scenario", "overrides", "grid", "seeds", "seed", "trace")
+SWEEP_FIELDS = ("name", "plugins", "scenario", "overrides", "grid", "seeds", "seed", "trace", "targets")
 SUMMARY_FILE = "summary.json"
+CELL_FILE = "cell.json"
+CURVE_FILE = "training.csv"
 RESULTS_FILE = "results.parquet"
+TRAINING_FILE = "training.parquet"
 MANIFEST_FILE = "sweep.json"
 CELLS_DIR = "cells"
 MAX_CELLS = 100_000
@@ -128,17 +140,21 @@ class Sweep:
     seed: int
     cells: tuple[Cell, ...]
     source: Path | None = None
+    plugins: tuple[str, ...] = ()  # the sweep file's plugins: (imported when it was parsed)
+    targets: tuple[float, ...] = ()  # test accuracies whose time to reach results.parquet reports
 
     def manifest(self) -> dict[str, Any]:
         """The content of sweep.json."""
         return {
             "name": self.name,
             "source": None if self.source is None else str(self.source),
+            "plugins": list(self.plugins),
             "fedsim_version": __version__,
             "base_scenario": self.base,
             "grid": {path: list(values) for path, values in self.grid},
             "seeds": self.seeds,
             "seed": self.seed,
+            "targets": list(self.targets),
             "cells": [{"name": c.name, "values": dict(c.values), "seed_index": c.seed_index, "seed": c.seed,
                        "trace": c.trace} for c in self.cells],
         }
@@ -170,10 +186,11 @@ def _load_base(spec: Any, base_dir: Path) -> tuple[dict[str, Any], Path]:
 
 
 def _validate_cell(doc: dict[str, Any], base_dir: Path, values: tuple[tuple[str, Scalar], ...],
-                   added: set[str]) -> None:
-    """parse_scenario on a cell's mapping; errors are re-located on the grid path that caused them."""
+                   added: set[str]) -> Any:
+    """parse_scenario on a cell's mapping (the Scenario); errors are re-located on the grid
+    path that caused them."""
     try:
-        parse_scenario(doc, base_dir=base_dir)
+        return parse_scenario(doc, base_dir=base_dir)
     except ScenarioError as err:
         for path, value in values:
             if err.path == path:
@@ -186,6 +203,7 @@ def _validate_cell(doc: dict[str, Any], base_dir: Path, values: tuple[tuple[str,
 def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_name: str = "sweep") -> Sweep:
     """Validate a sweep mapping and build every cell; any bad input raises ScenarioError here."""
     doc = check_mapping(raw, "", SWEEP_FIELDS)
+    plugins = load_plugins(doc.get("plugins"), base_dir)
     if "scenario" not in doc:
         raise ScenarioError("scenario", "missing; give a scenario file (relative to the sweep file) or a mapping")
     name = check_str(doc.get("name", default_name), "name")
@@ -209,6 +227,7 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
         raise ScenarioError("grid", f"{cells_count:,} cells (grid points times seeds), above the limit of "
                             f"{MAX_CELLS:,}; split the sweep")
     trace = _parse_trace(doc.get("trace", False), grid)
+    targets = _parse_targets(doc.get("targets"), base)
 
     cells = []
     for point in itertools.product(*(values for _, values in grid)):
@@ -216,7 +235,10 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
         cell_doc = copy.deepcopy(base)
         added = {path for path, value in values if not set_path(cell_doc, path, value, f"grid.{path}")}
         cell_doc["seed"] = seed
-        _validate_cell(cell_doc, scenario_dir, values, added)  # the seed (any integer >= 0) cannot spoil it
+        parsed = _validate_cell(cell_doc, scenario_dir, values, added)  # any seed >= 0 would parse as well
+        if trace(values) and parsed.training is not None and parsed.training.synchronous:
+            raise ScenarioError("trace", "FedAvg cells run rounds, not the asynchronous network: they have no "
+                                "trace of tasks; remove trace")
         for k in range(seeds):
             folder = "__".join([f"{p}={format_value(v)}" for p, v in values] + [f"seed={seed + k}"])
             cells.append(Cell(name=folder, values=values, seed_index=k, seed=seed + k,
@@ -225,7 +247,7 @@ def parse_sweep(raw: Any, base_dir: Path, source: Path | None = None, default_na
     if too_long is not None:
         raise ScenarioError("grid", f"cell folder name too long ({too_long[:60]}...); use fewer or shorter values")
     return Sweep(name=name, base=base, base_dir=scenario_dir.resolve(), grid=tuple(grid), seeds=seeds, seed=seed,
-                 cells=tuple(cells), source=source)
+                 cells=tuple(cells), source=source, plugins=plugins, targets=targets)
 
 
 def _path_mapping(value: Any, where: str) -> dict[str, Any]:
@@ -254,6 +276,30 @@ def _parse_trace(raw: Any, grid: list[tuple[str, tuple[Scalar, ...]]]
     return lambda values: all(format_value(v) in chosen[p] for p, v in values if p in chosen)
 
 
+def _parse_targets(raw: Any, base: Mapping[str, Any]) -> tuple[float, ...]:
+    """``targets: [0.6, 0.75]``: test accuracies in (0, 1], distinct; the base must train."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ScenarioError("targets", f"must be a non-empty list of test accuracies in (0, 1], got {raw!r}")
+    targets = []
+    for k, value in enumerate(raw):
+        x = check_number(value, f"targets[{k}]")
+        if not 0 < x <= 1:
+            raise ScenarioError(f"targets[{k}]", f"must be a test accuracy in (0, 1], got {value!r}")
+        if x in targets:
+            raise ScenarioError(f"targets[{k}]", f"{value!r} is given twice")
+        targets.append(x)
+    if base.get("training") is None:
+        raise ScenarioError("targets", "accuracy targets need a base scenario with a training: section")
+    return tuple(targets)
+
+
+def target_column(target: float) -> str:
+    """The results.parquet column of an accuracy target: ``time_to_accuracy_0.75``."""
+    return f"time_to_accuracy_{target:g}"
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep YAML file (its cells included)."""
     path = Path(path)
@@ -267,12 +313,18 @@ def load_sweep(path: str | Path) -> Sweep:
 
 @dataclass(frozen=True)
 class CellJob:
-    """What a worker needs to run a cell (picklable; no paths of the driver's file system but base_dir)."""
+    """What a worker needs to run a cell (picklable; no paths of the driver's file system but
+    base_dir and the folders of the plug-ins).
+
+    ``plugins`` are the driver's modules that registered plug-ins, ``(module, folder)``
+    (:func:`fedsim.plugins.registered_modules`); the worker imports them before parsing.
+    """
 
     name: str
     scenario: Mapping[str, Any]
     base_dir: Path
     trace: bool
+    plugins: tuple[tuple[str, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,49 +337,51 @@ class CellOutcome:
 
 
 def run_cell(job: CellJob) -> CellOutcome:
-    """Simulate one cell and return its run folder as bytes (summary.json included), or the error."""
-    from fedsim.report import write_run
-    from fedsim.run import simulate
+    """Run one cell as ``fedsim run`` does (:func:`fedsim.run.run_scenario`) and return its run
+    folder as bytes (summary.json included, no figures), or the error."""
+    from fedsim.report import write_files
+    from fedsim.run import run_scenario
 
     try:
+        for module, folder in job.plugins:
+            import_near(module, folder, "plugins")
         scenario = parse_scenario(job.scenario, base_dir=job.base_dir)
         with tempfile.TemporaryDirectory(prefix="fedsim-cell-") as tmp:
             folder = Path(tmp)
-            result = simulate(scenario, trace=folder / "trace.parquet" if job.trace else None)
-            write_run(result, folder, plots=False)
+            run = run_scenario(scenario, trace=folder / "trace.parquet" if job.trace else False)
+            write_files(run, folder, plots=False)
             files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
     except Exception as exc:  # noqa: BLE001 -- a failing cell is recorded, the sweep goes on
         return CellOutcome(job.name, {}, f"{type(exc).__name__}: {exc}".splitlines()[0])
     return CellOutcome(job.name, files, None)
 
 
-def _normalised(scenario: Mapping[str, Any], base_dir: Path) -> Any:
-    """The cell's scenario as summary.json records it (parsed, defaults filled, through JSON)."""
-    from fedsim.report import _json_value
-
-    return json.loads(json.dumps(_json_value(parse_scenario(scenario, base_dir=base_dir).to_dict())))
+def cell_record(cell: Cell) -> dict[str, Any]:
+    """The content of a cell folder's cell.json: what the cell was run from."""
+    return json.loads(json.dumps({"cell": cell.name, "scenario": cell.scenario, "trace": cell.trace}))
 
 
-def cell_complete(cell: Cell, folder: Path, base_dir: Path) -> bool:
-    """The folder holds this cell's finished run: summary.json of the same scenario (and its trace)."""
+def cell_complete(cell: Cell, folder: Path) -> bool:
+    """The folder holds this cell's finished run: summary.json, and cell.json of the same input
+    (scenario mapping and trace), and the trace when the cell has one."""
     try:
-        recorded = json.loads((folder / SUMMARY_FILE).read_text())["scenario"]
-    except (OSError, ValueError, KeyError):
+        if not (folder / SUMMARY_FILE).exists() or json.loads((folder / CELL_FILE).read_text()) != cell_record(cell):
+            return False
+    except (OSError, ValueError):
         return False
-    if cell.trace and not (folder / "trace.parquet").exists():
-        return False
-    return recorded == _normalised(cell.scenario, base_dir)
+    return not cell.trace or (folder / "trace.parquet").exists()
 
 
-def write_cell(outcome: CellOutcome, folder: Path) -> None:
-    """Write a cell's files atomically, summary.json last (it marks the folder complete)."""
-    from fedsim.report import atomic_write
+def write_cell(outcome: CellOutcome, cell: Cell, folder: Path) -> None:
+    """Write a cell's files atomically, then cell.json, summary.json last (it marks the folder complete)."""
+    from fedsim.report import atomic_write, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
-    order = sorted(outcome.files, key=lambda name: name == SUMMARY_FILE)
-    for name in order:
-        data = outcome.files[name]
-        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    for name, data in outcome.files.items():
+        if name != SUMMARY_FILE:
+            atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    write_json(folder / CELL_FILE, cell_record(cell))
+    atomic_write(folder / SUMMARY_FILE, lambda tmp: tmp.write_bytes(outcome.files[SUMMARY_FILE]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,14 +401,16 @@ def _run_in_process(jobs: list[CellJob], done: Callable[[CellOutcome], None]) ->
         done(run_cell(job))
 
 
-def _run_pool(jobs: list[CellJob], workers: int, done: Callable[[CellOutcome], None]) -> None:
-    """A local process pool. Workers fork from a fresh server process that has fedsim imported."""
+def _run_pool(jobs: list[CellJob], workers: int, done: Callable[[CellOutcome], None], trains: bool = False) -> None:
+    """A local process pool. Workers fork from a fresh server process that has fedsim imported
+    (and torch with the training modules when a cell ``trains``)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["fedsim.sweep", "fedsim.run", "fedsim.report"])
+        context.set_forkserver_preload(["fedsim.sweep", "fedsim.run", "fedsim.report"]
+                                       + (["fedsim.training.session"] if trains else []))
     else:
         context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context)
@@ -430,6 +486,7 @@ class SweepReport:
     ran: int
     failed: dict[str, str]  # cell name -> error
     results: Path
+    training: Path | None  # training.parquet, when a cell trains
     wall_seconds: float
 
 
@@ -451,10 +508,12 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
         from fedsim.report import atomic_write, write_json
 
         write_json(out / MANIFEST_FILE, sweep.manifest())
-        todo = [c for c in sweep.cells if not cell_complete(c, cells_dir / c.name, sweep.base_dir)]
+        todo = [c for c in sweep.cells if not cell_complete(c, cells_dir / c.name)]
         for c in todo:  # a stale summary.json must not mark a half-rewritten folder complete
             (cells_dir / c.name / SUMMARY_FILE).unlink(missing_ok=True)
-        jobs = [CellJob(c.name, c.scenario, sweep.base_dir, c.trace) for c in todo]
+        plugins = registered_modules()
+        jobs = [CellJob(c.name, c.scenario, sweep.base_dir, c.trace, plugins) for c in todo]
+        by_name = {c.name: c for c in todo}
         failed: dict[str, str] = {}
         bar = None
         if progress:
@@ -465,7 +524,7 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
 
         def done(outcome: CellOutcome) -> None:
             if outcome.error is None:
-                write_cell(outcome, cells_dir / outcome.name)
+                write_cell(outcome, by_name[outcome.name], cells_dir / outcome.name)
             else:
                 failed[outcome.name] = outcome.error
             if bar is not None:
@@ -479,29 +538,62 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
             elif (workers or available_cores()) == 1 or len(jobs) == 1:
                 _run_in_process(jobs, done)
             else:
-                _run_pool(jobs, workers or available_cores(), done)
+                _run_pool(jobs, workers or available_cores(), done,
+                          trains=any(c.scenario.get("training") is not None for c in todo))
         finally:
             if bar is not None:
                 bar.close()
     table = collect_results(sweep, out, failed)
     atomic_write(out / RESULTS_FILE, lambda tmp: table.to_parquet(tmp, index=False))
+    curves = collect_training(sweep, out, failed)
+    if curves is not None:
+        atomic_write(out / TRAINING_FILE, lambda tmp: curves.to_parquet(tmp, index=False))
+    else:
+        (out / TRAINING_FILE).unlink(missing_ok=True)
     return SweepReport(cells=len(sweep.cells), skipped=len(sweep.cells) - len(todo), ran=len(todo),
                        failed={c.name: failed[c.name] for c in sweep.cells if c.name in failed},
-                       results=out / RESULTS_FILE, wall_seconds=time.perf_counter() - start)
+                       results=out / RESULTS_FILE, training=out / TRAINING_FILE if curves is not None else None,
+                       wall_seconds=time.perf_counter() - start)
 
 
-def cell_rows(cell: Cell, folder: Path) -> pd.DataFrame:
-    """The rows of a complete cell: clients.csv, its group's figures and the summary scalars."""
+def _cell_columns(cell: Cell) -> dict[str, Any]:
+    """The columns every row of a cell starts with: the cell, its grid values and its seed."""
+    return {"cell": cell.name, **dict(cell.values), "seed_index": cell.seed_index, "seed": cell.seed}
+
+
+def _repeated(columns: Mapping[str, Any], n: int) -> pd.DataFrame:
+    """n rows holding the same values."""
+    return pd.DataFrame({k: [v] * n for k, v in columns.items()})
+
+
+def cell_rows(cell: Cell, folder: Path, targets: tuple[float, ...] = ()) -> pd.DataFrame:
+    """The rows of a complete cell: clients.csv, its group's figures and the summary's scalars,
+    the concurrency and routing it ran with, and the time its training reached each target.
+
+    ``concurrency`` and ``routing`` (unless they are grid paths) are those of the scenario as
+    run, so the ones the optimiser chose under ``routing: optimal-*``; ``optimized_for`` is the
+    objective that chose them (null otherwise). ``time_to_accuracy_<a>``: the simulated time
+    of the first evaluation with test accuracy >= a (null if never reached).
+    """
     summary = json.loads((folder / SUMMARY_FILE).read_text())
-    clients = pd.read_csv(folder / "clients.csv")
-    groups = pd.DataFrame(summary["groups"])
-    groups = groups.rename(columns={c: f"group_{c.removesuffix('_group')}" for c in groups.columns if c != "group"})
-    rows = clients.merge(groups, on="group", how="left", sort=False)
-    scalars = {k: v for k, v in summary.items() if k not in ("scenario", "groups", "seed")}
-    head = {"cell": cell.name, **dict(cell.values), "seed_index": cell.seed_index, "seed": cell.seed,
-            "status": "ok", "error": None}
-    return pd.concat([pd.DataFrame({k: [v] * len(rows) for k, v in head.items()}), rows,
-                      pd.DataFrame({k: [v] * len(rows) for k, v in scalars.items()})], axis=1)
+    rows = pd.read_csv(folder / "clients.csv")
+    if "groups" in summary:  # FedAvg runs rounds, not the network: no per-group staleness
+        groups = pd.DataFrame(summary["groups"])
+        groups = groups.rename(columns={c: f"group_{c.removesuffix('_group')}" for c in groups.columns
+                                        if c != "group"})
+        rows = rows.merge(groups, on="group", how="left", sort=False)
+    scenario = summary["scenario"]
+    ran = {key: scenario[key] for key in ("concurrency", "routing") if key not in dict(cell.values)}
+    ran["optimized_for"] = (scenario.get("optimization") or {}).get("objective")
+    scalars = {k: v for k, v in summary.items() if k not in ("scenario", "seed")
+               and (v is None or isinstance(v, (bool, int, float, str)))}
+    if targets:
+        curve = pd.read_csv(folder / CURVE_FILE)
+        for target in targets:
+            reached = curve.loc[curve["test_accuracy"] >= target, "sim_time"]
+            scalars[target_column(target)] = float(reached.iloc[0]) if len(reached) else None
+    head = _cell_columns(cell) | {"status": "ok", "error": None} | ran
+    return pd.concat([_repeated(head, len(rows)), rows, _repeated(scalars, len(rows))], axis=1)
 
 
 def collect_results(sweep: Sweep, out: Path, failed: Mapping[str, str]) -> pd.DataFrame:
@@ -510,18 +602,41 @@ def collect_results(sweep: Sweep, out: Path, failed: Mapping[str, str]) -> pd.Da
     for cell in sweep.cells:
         folder = out / CELLS_DIR / cell.name
         if cell.name not in failed and (folder / SUMMARY_FILE).exists():
-            frames.append(cell_rows(cell, folder))
+            frames.append(cell_rows(cell, folder, sweep.targets))
         else:
             error = failed.get(cell.name, "no result (the cell did not run)")
-            frames.append(pd.DataFrame([{"cell": cell.name, **dict(cell.values), "seed_index": cell.seed_index,
-                                         "seed": cell.seed, "status": "error", "error": error}]))
+            frames.append(pd.DataFrame([_cell_columns(cell) | {"status": "error", "error": error}]))
     return pd.concat(frames, ignore_index=True)
+
+
+def collect_training(sweep: Sweep, out: Path, failed: Mapping[str, str]) -> pd.DataFrame | None:
+    """training.parquet: every successful cell's learning curve (its training.csv), one row per
+    evaluation: the cell, its grid values and seed, ``update``, ``time`` (simulated),
+    ``accuracy`` (test), ``loss`` (training loss (1/n) sum_i f_i), ``test_loss``. None when no
+    cell trains."""
+    frames = []
+    for cell in sweep.cells:
+        path = out / CELLS_DIR / cell.name / CURVE_FILE
+        if cell.name in failed or not path.exists():
+            continue
+        curve = pd.read_csv(path)
+        frames.append(pd.concat([_repeated(_cell_columns(cell), len(curve)),
+                                 pd.DataFrame({"update": curve["update"], "time": curve["sim_time"],
+                                               "accuracy": curve["test_accuracy"], "loss": curve["train_loss"],
+                                               "test_loss": curve["test_loss"]})], axis=1))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def load_results(out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """results.parquet and sweep.json of a sweep folder."""
     out = Path(out)
     return pd.read_parquet(out / RESULTS_FILE), json.loads((out / MANIFEST_FILE).read_text())
+
+
+def load_training(out: str | Path) -> pd.DataFrame | None:
+    """training.parquet of a sweep folder, or None when no cell trains."""
+    path = Path(out) / TRAINING_FILE
+    return pd.read_parquet(path) if path.exists() else None
 
 
 make_callable(__name__)  # fedsim.sweep(...) is fedsim.api.sweep (see fedsim.entry)

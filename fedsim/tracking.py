@@ -54,7 +54,7 @@ from scipy.special import stdtrit  # the t quantile without importing scipy.stat
 from fedsim.engine import CompletionRecords, Engine
 from fedsim.outputanalysis import (MSER_MIN_TAIL, VARIANCE_BATCHES, mser_truncation, ratio_ci, stationary_start,
                                    von_neumann_critical, von_neumann_z)
-from fedsim.scenario import Scenario
+from fedsim.scenario import Horizon, Scenario
 from fedsim.sketch import BUCKETS, bucket_of, sketch_quantiles
 
 FINE_BATCH = 5  # updates per batch mean of MSER-5
@@ -62,6 +62,19 @@ FINE_CAP = 1 << 14  # batch means kept for MSER; beyond, adjacent ones merge
 MAX_SLOTS, MIN_SLOTS = 512, 128  # slots per run: the most, and the fewest the memory budget may leave ...
 SLOT_ENTRY_BUDGET = 1 << 21  # (slot, client) rows before the number of slots halves
 TEST_BATCHES = 4  # the independence test needs at least this many times statistics.batches batches
+
+
+FALLBACK_WARMUP = 0.1  # fraction of the horizon other trackers leave out under warmup: auto
+
+
+def fixed_warmup(horizon: Horizon) -> Horizon:
+    """``horizon`` with a fixed warm-up: itself, or under ``warmup: auto`` FALLBACK_WARMUP of
+    the horizon, for the trackers (stations, behaviour) that do not follow the detected window."""
+    if horizon.warmup is not None:
+        return horizon
+    if horizon.updates is not None:
+        return replace(horizon, warmup=int(FALLBACK_WARMUP * horizon.updates))
+    return replace(horizon, warmup=FALLBACK_WARMUP * horizon.time)
 
 
 def slot_bounds(batches: int) -> tuple[int, int]:
@@ -413,11 +426,35 @@ class Tracker:
         self.fine_stale = np.zeros(FINE_CAP)
         self.fine_end = np.zeros(FINE_CAP)
         self._last_time = 0.0
+        self._lost: list[tuple[int, float, float]] = []  # (client, dispatch time, loss time), not folded yet
         self.end_time = 0.0
         self.updates = 0
+        # C tasks age by C - 1 per update only when none is lost (client behaviour loses tasks)
+        self.identity = not scenario.behaves
 
     # -----------------------------------------------------------------------------------
+    def on_lost(self, task: Any, now: float) -> None:
+        """A task lost with its client (client behaviour): its time there still counts in the
+        client's queue length, folded once the slots up to ``now`` are known."""
+        self._lost.append((task.client, task.dispatch_time, now))
+
+    def _fold_lost(self, until: float) -> None:
+        """Fold the losses up to time ``until`` into the time tasks spent at their clients."""
+        ready = [loss for loss in self._lost if loss[2] <= until]
+        if not ready or self.origin is None:
+            return
+        self._lost = [loss for loss in self._lost if loss[2] > until]
+        client, t_from, t_to = (np.array(column) for column in zip(*ready))
+        keep = t_to > self.slot_start[0]  # lost inside a fixed warm-up: nothing to count
+        last = np.searchsorted(self.slot_start, t_to[keep], side="right") - 1
+        if keep.any():
+            self._add_presence(client[keep].astype(np.int64), t_from[keep], t_to[keep], last)
+
     def on_records(self, r: CompletionRecords) -> None:
+        self._fold_records(r)
+        self._fold_lost(float(r.completion_time[-1]))
+
+    def _fold_records(self, r: CompletionRecords) -> None:
         t_done = r.completion_time
         start = 0
         if self.origin is None:
@@ -547,6 +584,7 @@ class Tracker:
         self.updates = engine.updates
         if self.origin is None:
             return
+        self._fold_lost(np.inf)
         tasks = engine.in_flight()
         if tasks:
             client = np.array([t.client for t in tasks], dtype=np.int64)
@@ -657,9 +695,10 @@ class Tracker:
         stationary run A_end - A_start is a fluctuation, which batch means over-estimate (the
         batch deviations telescope); a mean staleness outside C - 1 +- its half-width means the
         tasks in flight aged (queues still filling) or got younger (draining) over the window.
+        Not checked when clients lose tasks (their ages leave A without an update).
         """
         target = self.concurrency - 1
-        if not (np.isfinite(half_width) and half_width > 0 and abs(mean - target) > half_width):
+        if not (self.identity and np.isfinite(half_width) and half_width > 0 and abs(mean - target) > half_width):
             return warmup
         trend = "aged: queues still filling" if mean < target else "got younger: queues still draining"
         reason = (f"not stationary: the window's mean staleness {mean:.4g} +- {half_width:.2g} differs from "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # One BLAS thread: the tests' matrices are small, and threads that spin for a core only slow
 # them down on a machine whose cores are busy (set before numpy is first imported).
@@ -41,3 +42,24 @@ def write_yaml(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def registries():
+    """Restore fedsim's registries and forget the plug-in modules (``plug_*`` and those of
+    examples/plugins) after a test that imports plug-ins in its own process."""
+    import fedsim.training.algorithms as algorithms
+    import fedsim.training.datasets as datasets
+    import fedsim.training.models as models
+    import fedsim.training.partition as partition
+    from fedsim.distributions import DISTRIBUTIONS
+    from fedsim.routing import ROUTING_POLICIES
+
+    saved = [(r, dict(r)) for r in (DISTRIBUTIONS, ROUTING_POLICIES, algorithms.ALGORITHMS, models.MODELS,
+                                    datasets.DATASETS, partition.PARTITIONS)]
+    yield
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)
+    for name in [m for m in sys.modules if m.startswith(("plug_", "mylab", "mynets"))]:
+        del sys.modules[name]

@@ -53,6 +53,7 @@ BUILTIN = [
     "hyperexponential",
     "lognormal",
     "pareto",
+    "trace",
     "uniform",
     "weibull",
 ]

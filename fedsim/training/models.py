@@ -5,7 +5,7 @@ In a scenario::
     model: logistic                         # multinomial logistic regression
     model: {name: mlp, hidden: [200]}       # ReLU layers of the given widths
     model: cnn                              # the CNN of McMahan et al. (2017), for images
-    model: "mypackage.models:make_net"      # any importable factory
+    model: "mypackage.models:make_net"      # a factory: next to the scenario, or any importable one
     model: {name: "mypackage.models:make_net", width: 64}   # extra fields go to the factory
 
 A user factory is called as ``factory(input_shape, num_classes, **extra_fields)`` and returns an
@@ -16,7 +16,6 @@ all versions. torch is imported when a model is built, never when a scenario is 
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 from fedsim.errors import ScenarioError
 from fedsim.fields import Field, int_list
+from fedsim.plugins import resolve_callable
 
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
@@ -114,19 +114,6 @@ def is_factory_path(name: str) -> bool:
     return bool(FACTORY_PATH.match(name))
 
 
-def resolve_factory(name: str, path: str) -> Callable[..., Any]:
-    """The callable named by ``package.module:factory`` (ScenarioError if it cannot be imported)."""
-    module_name, attr = name.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ScenarioError(path, f"cannot import {module_name!r} for model {name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ScenarioError(path, f"{module_name!r} has no callable {attr!r}")
-    return factory
-
-
 def factory_source(name: str) -> Path | None:
     """The source file of the (already imported) module of a ``package.module:factory`` model."""
     if not is_factory_path(name):
@@ -137,14 +124,14 @@ def factory_source(name: str) -> Path | None:
 
 
 def build_model(name: str, params: dict[str, Any], input_shape: tuple[int, ...], classes: int,
-                path: str = "training.model") -> Any:
+                path: str = "training.model", base_dir: Path | None = None) -> Any:
     """Build the module (a registered model, or a user factory called with the extra fields)."""
     from torch import nn
 
     if name in MODELS:
         module = MODELS[name].build(input_shape, classes, **params)
     else:
-        factory = resolve_factory(name, path)
+        factory = resolve_callable(name, base_dir, path)
         try:
             module = factory(input_shape, classes, **params)
         except TypeError as exc:

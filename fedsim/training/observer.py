@@ -128,6 +128,19 @@ class TrainingObserver:
         if update + 1 >= self.next_event:
             self._due(update + 1, now)
 
+    def on_lost(self, task: Task, _now: float) -> None:
+        """A lost task (client behaviour) is never applied: it leaves the tasks in flight and
+        the batched window, and its version is released unless its work was computed (which
+        released it)."""
+        del self.in_flight[task]
+        w = task.payload
+        if w.version is not None:
+            self.versions.release(w.version)
+            w.version = None
+            if task in self.pending:
+                self.pending.remove(task)
+        w.result = None
+
     def on_finish(self, engine: Engine) -> None:
         if not self.live:
             raise ScenarioError("--resume", f"the checkpoint is at update {self.resume_at}, beyond the end of this "

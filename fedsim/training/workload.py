@@ -106,7 +106,8 @@ def build_workload(scenario: Scenario, dtype: torch.dtype = torch.float32) -> Wo
     init_seed = int(seeds["init"].generate_state(1, np.uint64)[0] >> np.uint64(1))
     with torch.random.fork_rng(devices=[]), stage("training.model", f"model {cfg.model.name!r}"):
         torch.manual_seed(init_seed)
-        module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes)
+        module = build_model(cfg.model.name, cfg.model.kwargs, data.input_shape, data.classes,
+                             base_dir=cfg.base_dir)
     flat = FlatModel(module, device, dtype=dtype)
     w0 = flat.flatten()
     sampler = BatchSampler(offsets, sizes, cfg.algorithm["batch_size"], seeds["batches"])
