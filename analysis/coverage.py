@@ -11,7 +11,7 @@ test). "covered" counts every run; "covered | not flagged" only the runs without
 
 Cases: ``heterogeneous`` (the network of scenarios/heterogeneous.yaml: 100 clients, uniform
 routing, C = 100), ``mild`` (rates 1, 1, 1, 0.6, uniform, C = 20), ``tied`` (rates 0.6, 0.6,
-1, 1, uniform, C = 30), ``heavy`` (the worked example of the model notes at C = 20: rates 1,
+1, 1, uniform, C = 30), ``heavy`` (the classic worked example at C = 20: rates 1,
 2, 5, 10, weights 0.4, 0.3, 0.2, 0.1), and the two stationary cases of tests/test_coverage.py:
 ``heavy8`` (the worked example at C = 8, 20,000 updates) and ``tied4`` (rates 1, 1, 4, 4,
 uniform, C = 4, 20,000 updates). ``--time`` or ``--updates`` sets the horizon (defaults per
