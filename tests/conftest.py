@@ -8,6 +8,11 @@ import sys
 # One BLAS thread: the tests' matrices are small, and threads that spin for a core only slow
 # them down on a machine whose cores are busy (set before numpy is first imported).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# MKL's conditional numerical reproducibility: its default AVX-512 GEMMs may round a product
+# differently with the operands' alignment in memory, so a task's gradient could change in the
+# last bit with the other tasks of its batch; the bit-for-bit tests of the batched kernels need
+# the alignment-independent code path (set before torch loads MKL; docs/training.md).
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402

@@ -9,7 +9,8 @@ computes all T gradients at once; local steps go step by step across the tasks
 (:func:`~fedsim.training.client.run_work`). Results wait in the tasks until their own
 completions, where the update rule applies them one at a time, in update order, with the
 staleness the engine reports: the model is the one of computing each task alone with the same
-kernel, bit for bit (tested). A window larger than the memory budget is cut into chunks.
+kernel, bit for bit where the BLAS rounds independently of memory alignment (MKL with
+``MKL_CBWR=COMPATIBLE``; see :mod:`fedsim.training.kernels`; tested). A window larger than the memory budget is cut into chunks.
 
 ``training.batched``:
 

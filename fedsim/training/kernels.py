@@ -24,10 +24,14 @@ gives for that task alone.
   and otherwise reports why.
 
 Exactness. In the built-in kernels every task's products are GEMMs (and, on the CPU,
-convolutions) of the same shapes whatever T (torch's CPU ``bmm`` runs one GEMM per task),
-reductions run along the same axis, elementwise operations are unfused, and ``exp`` runs row
-by row (:func:`_softmax_columns`), so on the CPU row t of ``G`` does not depend on T or on the
-other rows, bit for bit (tested in float32 and float64). On CUDA, cuBLAS and cuDNN may pick
+convolutions) of the same shapes whatever T, reductions run along the same axis, elementwise
+operations are unfused, and ``exp`` runs row by row (:func:`_softmax_columns`), so on the CPU
+row t of ``G`` does not depend on T or on the other rows, bit for bit (tested in float32 and
+float64), provided the BLAS rounds a GEMM the same wherever its operands lie in memory: MKL
+does in its reproducible mode (environment variable ``MKL_CBWR=COMPATIBLE``, set before torch
+is imported; the tests set it), but its default AVX-512 kernels may round a task's product
+differently with the alignment of its slice of the batch, so batched and task-by-task runs
+then agree to rounding only. On CUDA, cuBLAS and cuDNN may pick
 other algorithms for another T, which can change the roundings (not measured). ``vmap``
 turns convolutions into grouped ones, so the vmap kernel is bit-exact across T for dense
 layers only.
