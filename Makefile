@@ -30,7 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_resources.py
-	$(PY) benchmarks/bench_histograms.py
+	$(PY) benchmarks/bench_behaviour.py
+	$(PY) benchmarks/bench_optimize.py
 
 plots: $(STAMP)
 	$(VENV)/bin/fedsim plot $(RESULTS)

@@ -57,7 +57,7 @@ def _fmt(x: Any, ci: Any = None) -> str:
     return f"{x:.4g}" if not np.isfinite(ci) else f"{x:.4g} ± {ci:.2g}"
 
 
-def print_groups(groups: list[dict], exact: bool) -> None:
+def print_groups(groups: list[dict], exact: bool, behaves: bool = False) -> None:
     """The closing table of `fedsim run`: per-group staleness, simulated vs analytical."""
     head = f"{'group':<16}{'clients':>8}{'p(group)':>10}{'staleness sim':>22}{'analytic':>12}{'rel. err':>10}"
     print(head)
@@ -69,7 +69,8 @@ def print_groups(groups: list[dict], exact: bool) -> None:
               f"{_fmt(sim, g['staleness_ci']):>22}{_fmt(analytic):>12}"
               f"{format(100 * rel, '+.2f') + '%' if np.isfinite(rel) else '-':>10}")
     if not exact:
-        print("(non-exponential services: the analytical values are the product-form approximation)")
+        print("(client behaviour: the analytical values are the effective-rate approximation)" if behaves else
+              "(non-exponential services: the analytical values are the product-form approximation)")
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"(analytic {_fmt(s['power_analytic'])}); energy per update "
               f"{_fmt(s['energy_per_update_sim'], s['energy_per_update_ci'])} J "
               f"(analytic {_fmt(s['energy_per_update_analytic'])}); time_breakdown.png")
-    print_groups(s["groups"], scenario.exact)
+    print_groups(s["groups"], scenario.exact, scenario.behaves)
     if scenario.training is not None:
         print(f"training: final test accuracy {_num(s['final_accuracy']):.4f} (best {_num(s['best_accuracy']):.4f} at "
               f"update {s['best_accuracy_update']}); training.csv, training.png, model.pt in {out}")

@@ -78,7 +78,7 @@ class Estimate:
         return float(sum(b for _, b in self.parts))
 
     def describe(self, largest: int = 3) -> str:
-        """``2.1 GB (staleness histograms 1.5 GB, engine 300 MB, ...)``."""
+        """``2.1 GB (staleness sketches 1.5 GB, engine 300 MB, ...)``."""
         top = sorted(self.parts, key=lambda p: -p[1])[:largest]
         return f"{format_bytes(self.total)} ({', '.join(f'{name} {format_bytes(b)}' for name, b in top)})"
 
@@ -230,7 +230,7 @@ def _training(scenario: Scenario, parameters: int | None, activations: int) -> l
 def estimate(scenario: Scenario, *, trace_in_memory: bool = False, solution: Any = None,
              parameters: int | None = None, activations: int = 0) -> Estimate:
     """The memory a run of ``scenario`` needs (see the module docstring). ``solution`` is the
-    product-form solution when known (for the staleness histograms; without it E[tau_i] is
+    product-form solution when known (for the staleness sketches; without it E[tau_i] is
     taken as C - 1); ``parameters`` and ``activations`` (values per sample of one forward
     pass) measure the model once built."""
     n, C = scenario.n_clients, scenario.concurrency

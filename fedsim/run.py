@@ -194,7 +194,7 @@ def preflight(scenario: Scenario, *, trace: bool = False, trace_in_memory: bool 
     2. the memory the run needs (:mod:`fedsim.resources`) must fit ``max_memory`` (default:
        the memory available on this machine);
     3. the product-form solution (before the memory check when it is cheap: its staleness
-       sizes the histograms; after it otherwise, unless ``solve_expensive`` is false, as for
+       sizes the sketches; after it otherwise, unless ``solve_expensive`` is false, as for
        ``fedsim validate``: its O(n C + C^2) cost is then left to the run);
     4. with training: the dataset is loaded, partitioned, the model built and run on two
        training samples, and the estimate checked again with the model's real size.

@@ -691,7 +691,7 @@ class Tracker:
 
         Every update ages the C - 1 other tasks in flight by one, so over a window the staleness
         sum is exactly (C - 1) N_w + A_start - A_end, A the total age (updates since dispatch) of
-        the tasks in flight (MODEL.md: the update-weighted mean staleness is C - 1). In a
+        the tasks in flight (docs/model.md: the update-weighted mean staleness is C - 1). In a
         stationary run A_end - A_start is a fluctuation, which batch means over-estimate (the
         batch deviations telescope); a mean staleness outside C - 1 +- its half-width means the
         tasks in flight aged (queues still filling) or got younger (draining) over the window.

@@ -9,7 +9,7 @@ References used here:
   sum ``E_C[X_i] = sum_k rho_i^k G(C-k) / G(C)``;
 * closed forms: ``lambda(1) = 1 / sum_i rho_i``; identical loads give
   ``G(k) = binom(n+k-1, k) rho^k``;
-* the published worked example (MODEL.md).
+* the published worked example (docs/model.md).
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def deterministic(means, concurrency, updates, seed):
 
 
 def test_grid_chain_satisfies_the_staleness_identity():
-    """The exact chain's values satisfy sum_i p_i E[tau_i] = C - 1 (MODEL.md), for any routing."""
+    """The exact chain's values satisfy sum_i p_i E[tau_i] = C - 1 (docs/model.md), for any routing."""
     for p in (np.full(3, 1 / 3), np.array([0.5, 0.3, 0.2])):
         tau = grid_staleness(TIE_UNITS, p, TIE_CONCURRENCY)
         assert p @ tau == pytest.approx(TIE_CONCURRENCY - 1, rel=1e-9)

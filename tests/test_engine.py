@@ -32,7 +32,7 @@ def exp_scenario(rates, weights, concurrency, updates=300_000, seed=11, name="t"
 
 
 SCENARIOS = {
-    # the worked example of MODEL.md: a strong bottleneck (client 0 has rho = 0.4)
+    # the worked example of docs/model.md: a strong bottleneck (client 0 has rho = 0.4)
     "worked-example": (lambda: exp_scenario([1, 2, 5, 10], [0.4, 0.3, 0.2, 0.1], 6)),
     # 12 clients, three speeds, routing proportional to speed
     "proportional": (lambda: parse_scenario({
@@ -85,7 +85,7 @@ def test_off_by_one_staleness_formula_is_rejected(name):
 
 
 def test_update_weighted_staleness_is_c_minus_one(run):
-    """Sample-path identity: the mean staleness over all updates is C - 1 (MODEL.md)."""
+    """Sample-path identity: the mean staleness over all updates is C - 1 (docs/model.md)."""
     st, s = run.stats, run.scenario
     assert abs(st.mean_staleness - (s.concurrency - 1)) < max(st.mean_staleness_ci, 1e-9) * 1.5
     assert run.analytic.mean_staleness == pytest.approx(s.concurrency - 1, rel=1e-10)

@@ -301,24 +301,3 @@ def test_user_model_failures(factory, status, fragment, write_yaml, tmp_path, ca
         err = capsys.readouterr().err
         assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: training.model")
 
-
-def test_client_histograms_are_exact_and_small():
-    """Quantiles and maxima against numpy's inverted-CDF quantile of the raw values, chunk
-    after chunk, for clients that stay sparse and clients that turn dense."""
-    from fedsim.histograms import ClientHistograms
-
-    rng = np.random.default_rng(5)
-    n = 50
-    hist, raw = ClientHistograms(n), [[] for _ in range(n)]
-    for _ in range(6):
-        client = rng.choice(n, 3_000, p=np.r_[np.full(10, 0.09), np.full(40, 0.1 / 40)])
-        value = rng.geometric(1 / (1 + 40 * (client % 3)), client.size) - 1  # long tails for some clients
-        hist.add(client, value)
-        for c, v in zip(client.tolist(), value.tolist()):
-            raw[c].append(v)
-    for q in (0.5, 0.9, 0.99):
-        expected = [np.quantile(r, q, method="inverted_cdf") if r else np.nan for r in raw]
-        np.testing.assert_array_equal(hist.quantile(q), expected)
-    np.testing.assert_array_equal(hist.maximum(), [max(r) if r else np.nan for r in raw])
-    assert any(d is None for d in hist.dense) and any(d is not None for d in hist.dense)
-    assert hist.nbytes() < 8 * sum(max(r) + 1 for r in raw if r)

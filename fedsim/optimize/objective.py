@@ -18,7 +18,7 @@ uses its structure, with the numerical factors folded into the constants::
 
 a bound on ``(1/K) sum_{t<K} E ||grad f(w_t)||^2`` after ``K`` updates. The exact theorems
 (with their numerical factors and step-size condition) were not available to us offline; the
-abstracts of both papers and the structure above (MODEL.md) were, so the constants ``A, L, S``
+abstracts of both papers and the structure above (docs/model.md) were, so the constants ``A, L, S``
 below are understood up to those factors.
 
 Assumptions and derivation (a sketch; every step is standard):
