@@ -28,7 +28,7 @@ from fedsim.inputs import one_line
 from fedsim.optimize.objective import OBJECTIVES
 from fedsim.paths import parse_assignment
 from fedsim.scenario import Scenario, load_scenario
-from fedsim.tune import DEFAULT_BATCH, DEFAULT_TRIALS, FAMILIES
+from fedsim.tune import DEFAULT_BATCH, DEFAULT_SEEDS, DEFAULT_TRIALS, FAMILIES, TUNE_SEED_BASE
 from fedsim.tune import OBJECTIVES as TUNE_OBJECTIVES
 
 EXIT_USAGE = 2
@@ -310,7 +310,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 @command("tune")
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fedsim.tune import DEFAULT_SEEDS, TUNE_SEED_BASE, tune
+    from fedsim.tune import tune
 
     scenario = _scenario(args)
     if args.seeds is not None and args.seeds < 1:
@@ -321,8 +321,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     def progress(study: Any, done: int, total: int) -> None:
         if not args.quiet:
-            best = max((t for t in study.get_trials(deepcopy=False) if t.value is not None and t.state.name == "COMPLETE"),
-                       key=lambda t: (t.value if args.objective == "accuracy" else -t.value), default=None)
+            complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+            best = max(complete, key=lambda t: t.value if args.objective == "accuracy" else -t.value, default=None)
             shown = f"; best so far {best.value:.4g} (trial {best.number})" if best is not None else ""
             print(f"{done}/{total} trials{shown}", file=sys.stderr)
 
@@ -342,7 +342,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
           f"{result.runs_unpruned} without pruning, {result.wall_seconds:.1f} s")
     for label, row in frame[frame["source"] != "tpe"].set_index("source").iterrows():
         print(f"warm start {label} (trial {row['number']}): {row['value']:.4g}")
-    params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in result.best_params.items())
+    params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                       for k, v in result.best_params.items())
     print(f"best trial {result.best_number}: {params}: {result.best_value:.4g} "
           f"(per seed {', '.join(f'{v:.4g}' for v in result.best_seed_values)})")
     print(f"best.yaml, trials.parquet, search.png and the study (study.db) in {result.out}")
@@ -420,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", parents=[common], help="search routing, concurrency and learning rate by training "
                           "in the simulator (Optuna TPE; resumable)")
     tune.add_argument("scenario", help="scenario YAML file with a training: section")
-    tune.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=f"trials of the study (default {DEFAULT_TRIALS})")
+    tune.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                      help=f"trials of the study (default {DEFAULT_TRIALS})")
     tune.add_argument("--objective", choices=list(TUNE_OBJECTIVES), default="accuracy",
                       help="accuracy: final test accuracy at the budget (maximised); time: simulated time to "
                       "--target (minimised)")
@@ -431,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed-list", type=int, nargs="+", metavar="SEED", help="the scenario seeds of every trial")
     tune.add_argument("--family", choices=list(FAMILIES), default="power",
                       help="routing searched: p_i proportional to mu_i^beta (power), or one weight per group (groups)")
-    tune.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"trials asked together (default {DEFAULT_BATCH}); the result depends "
-                      "on it, not on --workers")
+    tune.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                      help=f"trials asked together (default {DEFAULT_BATCH}); the result depends on it, not on "
+                      "--workers")
     tune.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     tune.add_argument("--workers", type=int, help="local worker processes (default: the available cores)")
     tune.add_argument("--ray", metavar="ADDRESS", help="run the trials' runs as Ray tasks: auto, HOST:PORT, "

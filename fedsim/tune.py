@@ -233,8 +233,8 @@ def search(space: Sequence[Param], evaluate: Evaluate, storage: Any, *, trials: 
             study.sampler = _sampler(optuna, sampler_seed + number, startup)
             trial = study.ask(fixed_distributions=dists)
             if trial.number != number:
-                raise RuntimeError(f"the study asked trial {trial.number}, expected {number}: another process "
-                                   "is writing it")
+                raise ScenarioError(where, f"the study got trial {trial.number} where {number} was due: another "
+                                    "process is writing it; run one tune per study")
             if "source" not in trial.user_attrs:
                 trial.set_user_attr("source", SAMPLED)
             current = by_number()
@@ -609,6 +609,7 @@ def search_figure(frame: pd.DataFrame, space: Sequence[Param], objective: str, t
     then the value against each parameter (log axes for log-scale parameters)."""
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     from fedsim.plots import figure_style, palette
 
@@ -617,7 +618,7 @@ def search_figure(frame: pd.DataFrame, space: Sequence[Param], objective: str, t
     pruned = frame[frame["state"] == "pruned"]
     warm = complete[complete["source"] != SAMPLED]
     panels = 1 + len(space)
-    cols = min(panels, 3)
+    cols = 2 if panels == 4 else min(panels, 3)
     rows = math.ceil(panels / cols)
     with figure_style():
         fig = Figure(figsize=(4.6 * cols, 3.6 * rows), layout="constrained")
@@ -630,7 +631,8 @@ def search_figure(frame: pd.DataFrame, space: Sequence[Param], objective: str, t
         if len(complete):
             ordered = complete.sort_values("number")
             best = (np.maximum if objective == "accuracy" else np.minimum).accumulate(ordered["value"].to_numpy())
-            ax.step(ordered["number"], best, where="post", color=orange, label="best so far")
+            ax.step([*ordered["number"], frame["number"].max()], [*best, best[-1]], where="post", color=orange,
+                    label="best so far")
         ax.set(xlabel="trial", ylabel=label)
         ax.legend(fontsize="small")
         for ax, param in zip(axes[1:], space):
@@ -639,6 +641,8 @@ def search_figure(frame: pd.DataFrame, space: Sequence[Param], objective: str, t
             ax.scatter(warm[param.name], warm["value"], marker="*", s=120, color=green, zorder=3)
             if param.log:
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set(xlabel=param.name, ylabel=label)
         for ax in axes[panels:]:
             ax.set_visible(False)
