@@ -125,6 +125,12 @@ class Param:
             return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
         return optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log)
 
+    def suggest(self, trial: Any) -> float | int:
+        """The trial's value of this parameter (sampled by the study's sampler unless fixed)."""
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
     def clip(self, value: float) -> float | int:
         """``value`` moved into the range (rounded for an integer)."""
         x = min(max(value, self.low), self.high)
@@ -201,8 +207,10 @@ def search(space: Sequence[Param], evaluate: Evaluate, storage: Any, *, trials: 
         "space": [p.to_dict() for p in params], "seeds": seeds, "direction": direction, "batch": batch,
         "reduction": reduction, "sampler_seed": sampler_seed, "startup": startup,
         "enqueue": [[p, label] for p, label in enqueue], **(settings or {})}))
+    # every trial is created fully formed (enqueued with its parameters) and then asked, so
+    # the study's own sampler never samples: a kill mid-ask leaves a trial that completes the same
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True,
-                                sampler=_sampler(optuna, sampler_seed, startup))
+                                sampler=optuna.samplers.RandomSampler(seed=0))
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", record)
@@ -210,8 +218,8 @@ def search(space: Sequence[Param], evaluate: Evaluate, storage: Any, *, trials: 
         differ = sorted(k for k in set(stored) | set(record) if stored.get(k) != record.get(k))
         raise ScenarioError(where, f"holds a study of other settings ({', '.join(differ)} differ); rerun with the "
                             "same settings to resume it, or give another folder")
+    by_name = {q.name: q for q in params}
     if not study.user_attrs.get("enqueued"):  # a kill while enqueuing leaves a prefix of them
-        by_name = {q.name: q for q in params}
         for p, label in enqueue[len(study.get_trials(deepcopy=False)):]:
             study.enqueue_trial({k: by_name[k].clip(v) for k, v in p.items() if k in by_name},
                                 user_attrs={"source": label})
@@ -219,29 +227,38 @@ def search(space: Sequence[Param], evaluate: Evaluate, storage: Any, *, trials: 
     rungs = seed_rungs(len(seeds), reduction)
     sign = -1.0 if direction == "maximize" else 1.0
 
-    def by_number() -> dict[int, Any]:
-        return {t.number: t for t in study.get_trials(deepcopy=False)}
-
     for start in range(0, trials, batch):
         end = min(start + batch, trials)
-        current = by_number()
+        current = {t.number: t for t in study.get_trials(deepcopy=False)}
         if all(n in current and current[n].state.is_finished() for n in range(start, end)):
             continue
-        for _ in range(sum(1 for n in range(start, end) if n not in current or current[n].state == TrialState.WAITING)):
-            waiting = [n for n, t in current.items() if t.state == TrialState.WAITING]
-            number = min(waiting) if waiting else len(current)
-            study.sampler = _sampler(optuna, sampler_seed + number, startup)
-            trial = study.ask(fixed_distributions=dists)
-            if trial.number != number:
-                raise ScenarioError(where, f"the study got trial {trial.number} where {number} was due: another "
-                                    "process is writing it; run one tune per study")
-            if "source" not in trial.user_attrs:
-                trial.set_user_attr("source", SAMPLED)
-            current = by_number()
+        history = [t for t in study.get_trials() if t.number < start and t.state.is_finished()]
+        for number in range(start, end):
+            if number not in current:  # trial numbers are created in order
+                study.enqueue_trial(_sample(optuna, history, dists, direction, sampler_seed + number, startup),
+                                    user_attrs={"source": SAMPLED})
+            current = {t.number: t for t in study.get_trials(deepcopy=False)}
+            if current[number].state == TrialState.WAITING:
+                asked = study.ask()
+                if asked.number != number:
+                    raise ScenarioError(where, f"the study got trial {asked.number} where {number} was due: "
+                                        "another process is writing it; run one tune per study")
+            if not current[number].state.is_finished():
+                trial = optuna.trial.Trial(study, current[number]._trial_id)
+                for param in params:  # the enqueued values (a no-op for those already set)
+                    param.suggest(trial)
         _run_batch(study, range(start, end), rungs, seeds, evaluate, sign, reduction)
         if progress is not None:
             progress(study, end, trials)
     return study
+
+
+def _sample(optuna: Any, history: list[Any], dists: Mapping[str, Any], direction: str, seed: int,
+            startup: int) -> dict[str, Any]:
+    """The parameters TPE proposes, with ``TPESampler(seed)``, after the finished trials ``history``."""
+    sandbox = optuna.create_study(direction=direction, sampler=_sampler(optuna, seed, startup))
+    sandbox.add_trials(history)
+    return dict(sandbox.ask(fixed_distributions=dict(dists)).params)
 
 
 def _mean(trial: Any, count: int) -> float:
