@@ -203,6 +203,9 @@ def search(space: Sequence[Param], evaluate: Evaluate, storage: Any, *, trials: 
     dists = {p.name: p.distribution() for p in params}
     seeds = list(seeds)
     enqueue = [(dict(p), label) for p, label in enqueue]
+    for p, label in enqueue:
+        if missing := [q.name for q in params if q.name not in p]:
+            raise ValueError(f"the warm start {label!r} gives no {', '.join(missing)}")
     record = json.loads(json.dumps({
         "space": [p.to_dict() for p in params], "seeds": seeds, "direction": direction, "batch": batch,
         "reduction": reduction, "sampler_seed": sampler_seed, "startup": startup,
