@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,ray,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,ray,dev,tune]"
 	touch $(STAMP)
 
 simulate: $(STAMP)

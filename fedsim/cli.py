@@ -1,4 +1,4 @@
-"""Command line: ``fedsim run | analytic | validate | sweep | plot | optimize``.
+"""Command line: ``fedsim run | analytic | validate | sweep | plot | optimize | tune``.
 
 Bad input (a ScenarioError) prints one line, ``error: <field path>: <what is allowed>``, on
 stderr, writes nothing, and exits with status 2; every check that can be made before a run
@@ -28,6 +28,8 @@ from fedsim.inputs import one_line
 from fedsim.optimize.objective import OBJECTIVES
 from fedsim.paths import parse_assignment
 from fedsim.scenario import Scenario, load_scenario
+from fedsim.tune import DEFAULT_BATCH, DEFAULT_SEEDS, DEFAULT_TRIALS, FAMILIES, TUNE_SEED_BASE
+from fedsim.tune import OBJECTIVES as TUNE_OBJECTIVES
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 1
@@ -307,6 +309,48 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("tune")
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fedsim.tune import tune
+
+    scenario = _scenario(args)
+    if args.seeds is not None and args.seeds < 1:
+        raise ScenarioError("--seeds", f"must be a number of seeds >= 1, got {args.seeds}")
+    seeds = (args.seed_list if args.seed_list is not None else
+             range(TUNE_SEED_BASE + 1, TUNE_SEED_BASE + 1 + args.seeds) if args.seeds is not None else DEFAULT_SEEDS)
+    out = Path(args.out) if args.out else Path("results") / f"{Path(args.scenario).stem}-tune"
+
+    def progress(study: Any, done: int, total: int) -> None:
+        if not args.quiet:
+            complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+            best = max(complete, key=lambda t: t.value if args.objective == "accuracy" else -t.value, default=None)
+            shown = f"; best so far {best.value:.4g} (trial {best.number})" if best is not None else ""
+            print(f"{done}/{total} trials{shown}", file=sys.stderr)
+
+    try:
+        result = tune(scenario, out=out, trials=args.trials, objective=args.objective, budget=args.budget,
+                      target=args.target, seeds=tuple(seeds), family=args.family, workers=args.workers, ray=args.ray,
+                      sampler_seed=args.sampler_seed, batch=args.batch, progress=progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: the study is kept in {out}; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    frame = result.trials
+    counts = frame["state"].value_counts()
+    what = ("final test accuracy" if result.objective == "accuracy" else f"time to test accuracy {result.target:g}")
+    print(f"{scenario.name}: tune {what} at budget T = {result.budget:g}, seeds {', '.join(map(str, result.seeds))}, "
+          f"family {result.family}: {len(frame)} trials ({counts.get('complete', 0)} complete, "
+          f"{counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed), {result.runs} runs of "
+          f"{result.runs_unpruned} without pruning, {result.wall_seconds:.1f} s")
+    for label, row in frame[frame["source"] != "tpe"].set_index("source").iterrows():
+        print(f"warm start {label} (trial {row['number']}): {row['value']:.4g}")
+    params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                       for k, v in result.best_params.items())
+    print(f"best trial {result.best_number}: {params}: {result.best_value:.4g} "
+          f"(per seed {', '.join(f'{v:.4g}' for v in result.best_seed_values)})")
+    print(f"best.yaml, trials.parquet, search.png and the study (study.db) in {result.out}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (``error: ...``), exit status 2."""
 
@@ -375,6 +419,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default optimization.weight, 0.5)")
     optimize.add_argument("--out", help="output folder (default results/<scenario file name>-optimize)")
     _scenario_options(optimize, memory=False)
+    tune = sub.add_parser("tune", parents=[common], help="search routing, concurrency and learning rate by training "
+                          "in the simulator (Optuna TPE; resumable)")
+    tune.add_argument("scenario", help="scenario YAML file with a training: section")
+    tune.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                      help=f"trials of the study (default {DEFAULT_TRIALS})")
+    tune.add_argument("--objective", choices=list(TUNE_OBJECTIVES), default="accuracy",
+                      help="accuracy: final test accuracy at the budget (maximised); time: simulated time to "
+                      "--target (minimised)")
+    tune.add_argument("--budget", type=float, metavar="T", help="simulated-time budget of a run (default horizon.time)")
+    tune.add_argument("--target", type=float, metavar="A", help="test accuracy to reach (--objective time)")
+    seeds = tune.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, metavar="K", help="seeds per trial: scenario seeds 101..100+K (default 3)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", metavar="SEED", help="the scenario seeds of every trial")
+    tune.add_argument("--family", choices=list(FAMILIES), default="power",
+                      help="routing searched: p_i proportional to mu_i^beta (power), or one weight per group (groups)")
+    tune.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                      help=f"trials asked together (default {DEFAULT_BATCH}); the result depends on it, not on "
+                      "--workers")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tune.add_argument("--workers", type=int, help="local worker processes (default: the available cores)")
+    tune.add_argument("--ray", metavar="ADDRESS", help="run the trials' runs as Ray tasks: auto, HOST:PORT, "
+                      "ray://..., or local")
+    tune.add_argument("--out", help="output folder (default results/<scenario file name>-tune); holds the study")
+    tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    _scenario_options(tune, memory=False)
     return parser
 
 

@@ -473,6 +473,22 @@ def _run_ray(ray: Any, jobs: list[CellJob], done: Callable[[CellOutcome], None])
         done(outcome)
 
 
+def run_jobs(jobs: list[CellJob], done: Callable[[CellOutcome], None], *, workers: int | None = None,
+             ray: Any = None) -> None:
+    """Run every job with :func:`run_cell` and hand each outcome to ``done`` as it arrives: as Ray
+    tasks when ``ray`` is a session's module (:func:`ray_session`), else in ``workers`` local
+    processes (default: the available cores), in this process when that is 1 or there is one job."""
+    if not jobs:
+        return
+    if ray is not None:
+        _run_ray(ray, jobs, done)
+    elif (workers or available_cores()) == 1 or len(jobs) == 1:
+        _run_in_process(jobs, done)
+    else:
+        _run_pool(jobs, workers or available_cores(), done,
+                  trains=any(job.scenario.get("training") is not None for job in jobs))
+
+
 # ---------------------------------------------------------------------------------------
 # the sweep as a whole
 
@@ -531,15 +547,7 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
                 bar.update(1)
 
         try:
-            if not jobs:
-                pass
-            elif ray_module is not None:
-                _run_ray(ray_module, jobs, done)
-            elif (workers or available_cores()) == 1 or len(jobs) == 1:
-                _run_in_process(jobs, done)
-            else:
-                _run_pool(jobs, workers or available_cores(), done,
-                          trains=any(c.scenario.get("training") is not None for c in todo))
+            run_jobs(jobs, done, workers=workers, ray=ray_module)
         finally:
             if bar is not None:
                 bar.close()
