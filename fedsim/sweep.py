@@ -473,6 +473,21 @@ def _run_ray(ray: Any, jobs: list[CellJob], done: Callable[[CellOutcome], None])
         done(outcome)
 
 
+def run_jobs(jobs: list[CellJob], done: Callable[[CellOutcome], None], *, workers: int | None = None,
+             ray_module: Any = None, trains: bool = False) -> None:
+    """Run every job on the executor the arguments choose: Ray tasks when ``ray_module`` is a
+    session of :func:`ray_session`, else in this process when one worker (``workers``, default
+    the available cores) or one job, else a local pool (:func:`_run_pool`)."""
+    if not jobs:
+        return
+    if ray_module is not None:
+        _run_ray(ray_module, jobs, done)
+    elif (workers or available_cores()) == 1 or len(jobs) == 1:
+        _run_in_process(jobs, done)
+    else:
+        _run_pool(jobs, workers or available_cores(), done, trains=trains)
+
+
 # ---------------------------------------------------------------------------------------
 # the sweep as a whole
 
@@ -531,15 +546,8 @@ def run_sweep(sweep: Sweep, out: Path, *, workers: int | None = None, ray: str |
                 bar.update(1)
 
         try:
-            if not jobs:
-                pass
-            elif ray_module is not None:
-                _run_ray(ray_module, jobs, done)
-            elif (workers or available_cores()) == 1 or len(jobs) == 1:
-                _run_in_process(jobs, done)
-            else:
-                _run_pool(jobs, workers or available_cores(), done,
-                          trains=any(c.scenario.get("training") is not None for c in todo))
+            run_jobs(jobs, done, workers=workers, ray_module=ray_module,
+                     trains=any(c.scenario.get("training") is not None for c in todo))
         finally:
             if bar is not None:
                 bar.close()
