@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from fedsim.cli import main
+from fedsim.errors import ScenarioError
 from fedsim.optimize.calibrate import CalibrationError, calibrate, default_design, fit_bound
 from fedsim.optimize.objective import BoundConstants, GroupNetwork, Objective, bound_terms
 from fedsim.scenario import parse_scenario
@@ -167,3 +168,29 @@ def test_calibrate_needs_training(write_yaml, tmp_path, capsys):
     assert main(["optimize", str(write_yaml(doc)), "--objective", "wall-clock", "--calibrate",
                  "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: training: missing; calibrating the bound needs pilot")
+
+
+def test_a_loss_that_does_not_fall_with_the_updates_holds_a_at_zero_and_says_so():
+    """Loss rising along each run: a is held at 0 (reported, no standard error for A), and the
+    standard errors of L and S come from the fit without the 1/K column."""
+    points = default_design(NETWORK, 1, 100)
+    obs = synthetic(np.random.default_rng(3), points)
+    obs["loss"] -= TRUTH.A / (TRUTH.eta * obs["updates"])
+    obs["loss"] += 1e-6 * obs["updates"]
+    fit = fit_bound(obs, TRUTH.eta)
+    assert fit.active == ("a",) and fit.constants.A == 0.0 and np.isnan(fit.stderr["A"])
+    assert np.isnan(fit.covariance[0]).all() and np.isfinite(fit.covariance[1:, 1:]).all()
+    for name in ("L", "S"):
+        assert abs(getattr(fit.constants, name) - getattr(TRUTH, name)) < 4 * fit.stderr[name]
+
+
+def test_bad_pilot_points_and_seeds_are_refused_before_anything_runs(tmp_path):
+    scenario = parse_scenario(TINY, base_dir=tmp_path)
+    with pytest.raises(ScenarioError, match=r"^points\[0\]: sum_g counts_g q_g must be 1"):
+        calibrate(scenario, points=[([0.5, 0.5], 2)])
+    with pytest.raises(ScenarioError, match=r"^points\[0\]\.concurrency: must be an integer >= 1"):
+        calibrate(scenario, points=[([0.25, 0.25], 0)])
+    with pytest.raises(ScenarioError, match="^--pilot-seeds: seeds must be distinct"):
+        calibrate(scenario, seeds=[3, 3])
+    with pytest.raises(ScenarioError, match="^--pilot-seeds: must be a count >= 1 or a non-empty list"):
+        calibrate(scenario, seeds=[])

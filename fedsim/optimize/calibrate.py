@@ -231,22 +231,24 @@ def fit_bound(observations: pd.DataFrame, eta: float) -> BoundFit:
             raise CalibrationError("calibrate", f"the fit finds no effect of {what} on the loss ({name} = 0 at "
                                    "its bound): L and S are undefined; lengthen the pilots or add seeds or points")
     resid = y - X @ beta
-    # cluster-robust covariance of the unconstrained fit (clusters: runs), small-sample factor
-    bread = np.linalg.inv(Xw.T @ Xw)
-    score = np.zeros((runs, P))
-    np.add.at(score, run, X * (weights * resid)[:, None])
+    # cluster-robust covariance (clusters: runs) of the model the bounded fit solved: the free
+    # coefficients are the least-squares fit of the design without the columns held at 0
+    free = np.array([names[k] not in active for k in range(P)])
+    Xf = X[:, free]
+    bread = np.linalg.inv((Xw[:, free]).T @ Xw[:, free])
+    score = np.zeros((runs, Xf.shape[1]))
+    np.add.at(score, run, Xf * (weights * resid)[:, None])
     N = len(y)
-    factor = runs / (runs - 1) * (N - 1) / max(N - P, 1)
-    cov_full = factor * bread @ (score.T @ score) @ bread
-    cov = cov_full[:3, :3].copy()
-    for k, name in enumerate(COEFFICIENTS):  # a coefficient at its bound has no standard error
-        if name in active:
-            cov[k, :] = cov[:, k] = np.nan
+    factor = runs / (runs - 1) * (N - 1) / max(N - Xf.shape[1], 1)
+    cov = np.full((3, 3), np.nan)  # a coefficient at its bound has no standard error
+    kept = np.flatnonzero(free[:3])
+    cov[np.ix_(kept, kept)] = (factor * bread @ (score.T @ score) @ bread)[:kept.size, :kept.size]
     a, b, c = beta[:3]
     constants = BoundConstants(A=float(a * eta), L=float(c / (eta * b)), S=float(b * b / c), eta=float(eta))
     gradients = {"A": np.array([eta, 0.0, 0.0]), "L": np.array([0.0, -c / (eta * b * b), 1.0 / (eta * b)]),
                  "S": np.array([0.0, 2 * b / c, -b * b / (c * c)])}
-    stderr = {k: float(np.sqrt(g @ cov @ g)) for k, g in gradients.items()}
+    stderr = {k: float(np.sqrt(g[kept] @ cov[np.ix_(kept, kept)] @ g[kept])) if not np.any(g[~free[:3]]) else np.nan
+              for k, g in gradients.items()}
     stderr |= {n: float(np.sqrt(cov[k, k])) for k, n in enumerate(COEFFICIENTS)}
     mean = np.sum(weights * y) / weights.sum()
     r2 = 1.0 - float(np.sum(weights * resid**2) / np.sum(weights * (y - mean) ** 2))
