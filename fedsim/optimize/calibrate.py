@@ -47,7 +47,8 @@ few seeds (3 by default, 10 distinct resamples) and the ratios ``L`` and ``S`` a
 resamples where ``c`` is near 0; the sandwich is deterministic and uses every run. Runs of the
 same seed share data and mini-batches (common random numbers): the seed intercepts take out
 their common level, and treating their remaining common wiggles as independent errors makes the
-standard errors conservative. A coefficient at its bound 0 has no standard error (``nan``).
+standard errors conservative. A coefficient held at its bound 0 has no standard error
+(``nan``), and the covariance of the others is that of the fit without its column.
 
 The pilot design
 ----------------
