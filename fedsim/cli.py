@@ -288,12 +288,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
 @command("optimize")
 def cmd_optimize(args: argparse.Namespace) -> int:
     from fedsim.folders import check_out
-    from fedsim.optimize.report import compare, comparison_table, write_comparison
+    from fedsim.optimize.report import check_request, compare, comparison_table, write_comparison
 
     scenario = _scenario(args)
+    if not args.calibrate:
+        for flag in ("pilot_budget", "pilot_seeds", "workers", "ray"):
+            if getattr(args, flag) is not None:
+                raise ScenarioError(f"--{flag.replace('_', '-')}", "only with --calibrate")
     out = check_out(Path(args.out) if args.out else Path("results") / f"{Path(args.scenario).stem}-optimize")
+    calibration = None
+    if args.calibrate:
+        from fedsim.optimize.calibrate import calibrate
+
+        check_request(scenario, args.budget, args.target, args.weight, args.objective)  # before the pilots run
+        calibration = calibrate(scenario, budget=args.pilot_budget,
+                                seeds=3 if args.pilot_seeds is None else args.pilot_seeds,
+                                workers=args.workers, ray=args.ray)
+        if calibration.estimates is not None:
+            print(f"constants estimated from the training section: {calibration.estimates.describe()}")
+        print(f"constants calibrated on pilot training runs: {calibration.describe()}")
+        print(calibration.table().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     comparison = compare(scenario, budget=args.budget, target=args.target, weight=args.weight,
-                         objective=args.objective)
+                         objective=args.objective, constants=None if calibration is None else calibration.constants)
     spec = comparison.spec
     if comparison.estimates is not None:
         print(f"constants estimated from the training section: {comparison.estimates.describe()}")
@@ -301,7 +317,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
           f"K = {spec.updates:.6g} updates (per-update), budget T = {spec.budget:.6g} (wall-clock), "
           f"target eps = {spec.target:.6g} (time, energy; weight rho = {spec.weight:g}); "
           f"C in [{spec.c_min}, {spec.c_max}]")
-    paths = write_comparison(comparison, args.objective, out)
+    paths = write_comparison(comparison, args.objective, out, calibration)
     table = comparison_table(comparison).set_index("setting").T
     print(table.to_string(float_format=lambda x: f"{x:.5g}"))
     print(f"{args.objective} optimum: C = {comparison.optima[args.objective].concurrency}; "
@@ -418,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rho of the time-energy objective rho E/E* + (1 - rho) T/T* "
                           "(default optimization.weight, 0.5)")
     optimize.add_argument("--out", help="output folder (default results/<scenario file name>-optimize)")
+    optimize.add_argument("--calibrate", action="store_true",
+                          help="fit A, L, S to pilot training runs at a few routings and concurrencies and "
+                          "optimise with the fitted constants (writes calibration.csv, calibration_runs.csv)")
+    optimize.add_argument("--pilot-budget", type=int, metavar="K",
+                          help="updates per pilot run (default half of optimization.updates)")
+    optimize.add_argument("--pilot-seeds", type=int, metavar="N",
+                          help="pilot seeds, the scenario's seed and the next ones (default 3)")
+    optimize.add_argument("--workers", type=int, help="local worker processes for the pilots (default: the "
+                          "available cores)")
+    optimize.add_argument("--ray", metavar="ADDRESS", help="run the pilots as Ray tasks: auto, HOST:PORT, "
+                          "ray://..., or local")
     _scenario_options(optimize, memory=False)
     tune = sub.add_parser("tune", parents=[common], help="search routing, concurrency and learning rate by training "
                           "in the simulator (Optuna TPE; resumable)")

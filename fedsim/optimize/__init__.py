@@ -4,7 +4,9 @@
   time, energy and time-energy objectives on the extended network, and their exact gradients
   through mean value analysis;
 * :mod:`fedsim.optimize.solver`: L-BFGS over the routing simplex, a warm-started search over
-  the integer concurrency.
+  the integer concurrency;
+* :mod:`fedsim.optimize.constants`: ``A, L, S`` estimated at the initial model;
+* :mod:`fedsim.optimize.calibrate`: ``A, L, S`` fitted to the loss curves of pilot training runs.
 
 Nothing here imports torch; estimating the constants from a model does, lazily.
 """

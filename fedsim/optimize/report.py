@@ -24,6 +24,9 @@ Output folder:
   ``staleness[<group>]`` (``E[tau_i]``).
 * ``objective_vs_C.png``: every objective against ``C``, best routing and uniform routing.
 * ``optimization.json``: constants (and how they were estimated), budget, target, weight, the optima.
+* with ``--calibrate``: ``calibration.csv`` (estimated and fitted constants with their standard
+  errors), ``calibration_runs.csv`` (every evaluation of every pilot) and ``calibration`` in
+  optimization.json (:mod:`fedsim.optimize.calibrate`); the optima then use the fitted constants.
 """
 
 from __future__ import annotations
@@ -47,12 +50,19 @@ from fedsim.optimize.config import (
     parse_optimization,
     with_default_target,
 )
-from fedsim.optimize.objective import ENERGY_OBJECTIVES, OBJECTIVES, GroupNetwork, bound_terms, objective_profile
+from fedsim.optimize.objective import (
+    ENERGY_OBJECTIVES,
+    OBJECTIVES,
+    BoundConstants,
+    GroupNetwork,
+    bound_terms,
+    objective_profile,
+)
 from fedsim.optimize.solver import Optimum, max_throughput_routing, optimise
 from fedsim.scenario import Scenario
 
-__all__ = ["ASYNCSGD", "MAX_THROUGHPUT", "Comparison", "Setting", "compare", "comparison_table", "objective_figure",
-           "with_budget", "write_comparison"]
+__all__ = ["ASYNCSGD", "MAX_THROUGHPUT", "Comparison", "Setting", "check_request", "compare", "comparison_table",
+           "objective_figure", "with_budget", "write_comparison"]
 
 ASYNCSGD = "AsyncSGD (uniform, C = n)"
 MAX_THROUGHPUT = "max-throughput routing (C = n)"
@@ -83,20 +93,33 @@ class Comparison:
     settings: tuple[Setting, ...]
 
 
-def compare(scenario: Scenario, budget: float | None = None, target: float | None = None,
-            weight: float | None = None, objective: str | None = None) -> Comparison:
-    """Every optimum of ``scenario`` (constants from its ``optimization:`` section, or estimated).
-
-    ``budget``, ``target`` and ``weight`` override the section's ``T``, ``eps`` and ``rho``;
-    ``objective``, the one the caller wants, is checked first (the energy objectives need power).
-    """
+def check_request(scenario: Scenario, budget: float | None = None, target: float | None = None,
+                  weight: float | None = None, objective: str | None = None) -> None:
+    """Refuse bad ``budget``, ``target`` and ``weight`` values, and an energy ``objective`` on a
+    scenario without power, before anything is computed."""
     if objective in ENERGY_OBJECTIVES and group_network(scenario.groups, scenario.server,
                                                         scenario.server_power).power is None:
         raise ScenarioError("clients", f"the {objective} objective needs power: give clients[k].power "
                             "(and server_power with a server), not all 0 W")
+    _check_values(budget, target, weight)
+
+
+def compare(scenario: Scenario, budget: float | None = None, target: float | None = None,
+            weight: float | None = None, objective: str | None = None,
+            constants: BoundConstants | None = None) -> Comparison:
+    """Every optimum of ``scenario`` (constants from its ``optimization:`` section, or estimated).
+
+    ``budget``, ``target`` and ``weight`` override the section's ``T``, ``eps`` and ``rho``;
+    ``objective``, the one the caller wants, is checked first (the energy objectives need power).
+    ``constants`` (calibrated ones, :mod:`fedsim.optimize.calibrate`) replace the section's
+    ``A, L, S, eta``; nothing is estimated then.
+    """
+    check_request(scenario, budget, target, weight, objective)
     spec = scenario.optimization
     if spec is None:
         spec = parse_optimization(None, scenario.groups, scenario.horizon, scenario.server)
+    if constants is not None:
+        spec = dataclasses.replace(spec, **constants.to_dict())
     spec, estimates = complete_constants(spec, scenario.training, scenario.groups, scenario.seed)
     return _optimise_all(scenario, spec, estimates, budget, target, weight)
 
@@ -109,13 +132,17 @@ def with_budget(comparison: Comparison, budget: float) -> Comparison:
     return _optimise_all(comparison.scenario, spec, comparison.estimates, budget, None, None)
 
 
-def _optimise_all(scenario: Scenario, spec: OptimizationSpec, estimates: Any, budget: float | None,
-                  target: float | None, weight: float | None) -> Comparison:
+def _check_values(budget: float | None, target: float | None, weight: float | None) -> None:
     for flag, value, high in (("--budget", budget, math.inf), ("--target", target, math.inf), ("--weight", weight, 1.0)):
         if value is not None and not (np.isfinite(value) and (value >= 0 if flag == "--weight" else value > 0)
                                       and value <= high):
             allowed = "a number in [0, 1]" if flag == "--weight" else "a positive number"
             raise ScenarioError(flag, f"must be {allowed}, got {value}")
+
+
+def _optimise_all(scenario: Scenario, spec: OptimizationSpec, estimates: Any, budget: float | None,
+                  target: float | None, weight: float | None) -> Comparison:
+    _check_values(budget, target, weight)
     overrides = {k: float(v) for k, v in (("budget", budget), ("target", target), ("weight", weight)) if v is not None}
     network = group_network(scenario.groups, scenario.server, scenario.server_power)
     spec = with_default_target(dataclasses.replace(spec, **overrides), network)
@@ -228,8 +255,11 @@ def objective_figure(comparison: Comparison):
     return fig
 
 
-def write_comparison(comparison: Comparison, objective: str, out: Path) -> dict[str, Path]:
-    """Write the output folder (module docstring); returns the paths by kind."""
+def write_comparison(comparison: Comparison, objective: str, out: Path, calibration: Any = None) -> dict[str, Path]:
+    """Write the output folder (module docstring); returns the paths by kind. With a
+    :class:`~fedsim.optimize.calibrate.Calibration` (whose constants the comparison used), also
+    ``calibration.csv`` (its table), ``calibration_runs.csv`` (its observations) and a
+    ``calibration`` record in optimization.json."""
     from fedsim.report import atomic_write, write_csv, write_json
 
     c = comparison
@@ -237,6 +267,21 @@ def write_comparison(comparison: Comparison, objective: str, out: Path) -> dict[
     stem = c.scenario.source.stem if c.scenario.source is not None else c.scenario.name
     paths = {"scenario": out / f"{stem}-{objective}.yaml", "table": out / "comparison.csv",
              "figure": out / "objective_vs_C.png", "json": out / "optimization.json"}
+    record: dict[str, Any] = {}
+    if calibration is not None:
+        paths |= {"calibration": out / "calibration.csv", "calibration_runs": out / "calibration_runs.csv"}
+        write_csv(paths["calibration"], calibration.table())
+        write_csv(paths["calibration_runs"], calibration.observations)
+        fit = calibration.fit
+        record["calibration"] = {
+            "table": calibration.table().to_dict(orient="records"), "coefficients": fit.coefficients,
+            "condition_number": fit.condition, "held_at_zero": list(fit.active), "r2": fit.r2, "rms": fit.rms,
+            "pilots": fit.runs, "evaluations": fit.rows, "updates_per_pilot": calibration.budget,
+            "seeds": list(calibration.seeds),
+            "design": [{"point": p.label, "concurrency": p.concurrency,
+                        "p": {g.name: float(q) for g, q in zip(c.scenario.groups, p.q)}} for p in calibration.design],
+            "wall_seconds": calibration.wall_seconds, "table_file": paths["calibration"].name,
+            "runs_file": paths["calibration_runs"].name}
     header = (f"# {c.scenario.name}: routing and concurrency of the {objective} optimum, written by fedsim "
               f"{__version__} (fedsim optimize)\n")
     text = header + yaml.safe_dump(optimised_document(c, objective), sort_keys=False)
@@ -246,7 +291,9 @@ def write_comparison(comparison: Comparison, objective: str, out: Path) -> dict[
     atomic_write(paths["figure"], lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     write_json(paths["json"], {
         "scenario": c.scenario.name, "fedsim_version": __version__, "constants": c.spec.constants.to_dict(),
-        "estimates": None if c.estimates is None else c.estimates.to_dict(),
+        "estimates": (c.estimates.to_dict() if c.estimates is not None else
+                      calibration.estimates.to_dict() if calibration is not None and calibration.estimates is not None
+                      else None),
         "budget": c.spec.budget, "updates": c.spec.updates, "target": c.spec.target, "weight": c.spec.weight,
         "concurrency_range": [c.spec.c_min, c.spec.c_max],
         "optima": {name: {"concurrency": o.concurrency, "value": o.terms.value, "bound": o.terms.total,
@@ -254,5 +301,5 @@ def write_comparison(comparison: Comparison, objective: str, out: Path) -> dict[
                          | ({"time_to_target": o.terms.time_to_target, "energy_to_target": o.terms.energy_to_target}
                             if o.objective.targets else {})
                    for name, o in c.optima.items()},
-    })
+    } | record)
     return paths
