@@ -2,9 +2,9 @@
 its own best step size, with real training.
 
     python analysis/experiment.py [--scenarios heterogeneous edge_devices] [--models mlp logistic]
-        [--seeds 10] [--tuning-seeds 101 102 103] [--lrs 0.025 ... 0.8] [--concurrencies 10 ... 100]
+        [--seeds 10] [--tuning-seeds 101 102 103] [--lrs 0.025 ... 1.6] [--concurrencies 10 ... 100]
         [--budgets 500 1000 2000] [--evaluations 100] [--trials 24] [--workers 2]
-        [--no-calibrated] [--no-tuned] [--out results/experiment]
+        [--no-calibrated] [--no-tuned] [--fresh] [--summarise-only] [--out results/experiment]
 
 Protocol (docs/optimization.md, "The accuracy experiment"):
 
@@ -36,7 +36,8 @@ evaluation run: accuracy at each budget, time to each target, throughput, stalen
 (per scenario, model, metric and arm: the evaluation-seed means and the paired comparisons),
 ``time_to_target.png``, ``accuracy_vs_time.png``, and per scenario and model
 ``constants-<scenario>-<model>.json`` (estimated and calibrated constants) and the ``tune/``
-folders of ``fedsim tune``. Every run is one process-pool task on one torch thread.
+folders of ``fedsim tune``; ``cache.jsonl`` keeps every run (reused by the next invocation with the
+same ``--out`` unless ``--fresh``). Every run is one process-pool task on one torch thread.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ BASE = "AsyncSGD, best C"
 ARMS = ("AsyncSGD (uniform, C = n)", BASE, "max-throughput routing (C = n)", "per-update optimum",
         "wall-clock optimum, estimated constants", "wall-clock optimum, calibrated constants",
         "fedsim tune")
-LRS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
+LRS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 CONCURRENCIES = (10, 20, 40, 70, 100)
 TUNING_SEEDS = (101, 102, 103)
 BUDGETS = (500.0, 1000.0, 2000.0)
@@ -164,7 +165,7 @@ def run_one(task: tuple[str, dict[str, Any], str, list[float]]) -> dict[str, Any
     from fedsim.training.session import TrainingSession
 
     scenario = parse_scenario(doc, base_dir=Path(base_dir))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     session = TrainingSession(scenario)
     grid = TimeGrid(test_evaluator(session.workload.evaluator, session.model), np.asarray(times))
     out: dict[str, Any] = {"key": key, "diverged": False}
@@ -178,7 +179,8 @@ def run_one(task: tuple[str, dict[str, Any], str, list[float]]) -> dict[str, Any
     except RunStopped:
         out |= {"diverged": True, "updates": np.nan, "throughput_run": np.nan, "throughput_window": np.nan,
                 "mean_staleness": np.nan, "final_train_loss": np.nan, "staleness": {}}
-    out |= {"rows": grid.rows.tolist(), "wall_seconds": time.perf_counter() - start}
+    out |= {"rows": grid.rows.tolist(), "wall_seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu}
     return out
 
 
@@ -194,10 +196,12 @@ def test_evaluator(evaluator: Any, model: Any) -> Any:
 
 
 class Runner:
-    """Runs (configuration, seed) pairs on a process pool, each pair once (results cached by
-    the run's scenario document)."""
+    """Runs (configuration, seed) pairs on a process pool, each pair once: results are kept by
+    the run's scenario document and time grid, in memory and in the file ``cache`` (JSON lines,
+    appended as runs end), so that running the experiment again reuses every run it already
+    has (after an interruption, or with a new arm)."""
 
-    def __init__(self, workers: int, times: np.ndarray, base_dir: Path) -> None:
+    def __init__(self, workers: int, times: np.ndarray, base_dir: Path, cache: Path | None = None) -> None:
         method = "forkserver" if "forkserver" in get_all_start_methods() else "spawn"
         context = get_context(method)
         if method == "forkserver":
@@ -206,16 +210,25 @@ class Runner:
         self.times = [float(t) for t in times]
         self.base_dir = str(base_dir)
         self.cache: dict[str, dict[str, Any]] = {}
+        self.file = cache
+        if cache is not None and cache.exists():
+            for line in cache.read_text().splitlines():
+                if line.strip():
+                    result = json.loads(line)
+                    self.cache[result["key"]] = result
         self.count = 0
 
     def run(self, jobs: list[tuple[Config, int, dict[str, Any]]]) -> list[dict[str, Any]]:
         """The result of each ``(config, seed, document)``, in order."""
-        keys = [json.dumps(doc, sort_keys=True) for _, _, doc in jobs]
+        keys = [json.dumps([doc, self.times], sort_keys=True) for _, _, doc in jobs]
         todo = {k: doc for k, (_, _, doc) in zip(keys, jobs) if k not in self.cache}
         tasks = [(k, doc, self.base_dir, self.times) for k, doc in todo.items()]
         for result in self.pool.map(run_one, tasks):
             self.cache[result["key"]] = result
             self.count += 1
+            if self.file is not None:
+                with open(self.file, "a") as f:
+                    f.write(json.dumps(result, default=float) + "\n")
         return [self.cache[k] for k in keys]
 
     def close(self) -> None:
@@ -242,14 +255,16 @@ def time_to_target(times: np.ndarray, accuracy: np.ndarray, target: float) -> fl
 # the protocol's statistics (pure functions; tests/test_experiment.py)
 
 
-def choose(tuning: pd.DataFrame, metric: str, seeds: tuple[int, ...]) -> tuple[int, float]:
+def choose(tuning: pd.DataFrame, metric: str, seeds: tuple[int, ...], tiebreak: str | None = None) -> tuple[int, float]:
     """The configuration (``config`` column) an arm uses for ``metric``, from the rows of
     ``tuning`` whose seed is in ``seeds`` alone; returns it with its score.
 
     Accuracy (``accuracy@T``): the largest mean over the seeds (a NaN, a diverged run, makes the
     mean -inf). Time (``time@a``): the fewest seeds that never reach the target, then the
-    smallest mean time over the seeds that reach it; the score is that mean (``inf`` when no
-    seed reaches). Ties go to the configuration listed first.
+    smallest mean time over the seeds that reach it (the score; ``inf`` when none does), then
+    the largest mean of the column ``tiebreak`` (the accuracy at the largest budget: it decides
+    between configurations that never reach the target). Remaining ties go to the configuration
+    listed first.
     """
     part = tuning[tuning["seed"].isin(seeds)]
     if part.empty:
@@ -259,11 +274,12 @@ def choose(tuning: pd.DataFrame, metric: str, seeds: tuple[int, ...]) -> tuple[i
         values = rows[metric].to_numpy(dtype=float)
         if metric.startswith("accuracy@"):
             score = -np.inf if np.isnan(values).any() else float(values.mean())
-            key = (-score,)
+            key: tuple[float, ...] = (-score,)
         else:
             reached = values[np.isfinite(values)]
             score = float(reached.mean()) if reached.size else math.inf
-            key = (int(len(values) - reached.size), score)
+            after = np.nan_to_num(rows[tiebreak].to_numpy(dtype=float), nan=-np.inf).mean() if tiebreak else 0.0
+            key = (int(len(values) - reached.size), score, -after)
         if best_key is None or key < best_key:
             best, best_key = (int(config), score), key
     assert best is not None
@@ -414,7 +430,8 @@ def tuning_frame(study: Study, runner: Runner, configs: dict[str, list[Config]],
         curve = np.asarray(result["rows"])
         rows.append({"scenario": study.name, "model": study.model, "arm": arm, "config": cid, "seed": seed,
                      "lr": config.lr, "concurrency": config.concurrency, "bound_budget": config.budget,
-                     "diverged": result["diverged"]} | metrics_of(curve, times, study.budgets, targets))
+                     "diverged": result["diverged"], "cpu_seconds": result["cpu_seconds"]}
+                    | metrics_of(curve, times, study.budgets, targets))
     return pd.DataFrame(rows)
 
 
@@ -449,7 +466,7 @@ def experiment(args: argparse.Namespace) -> int:
         path = Path(name) if name.endswith(".yaml") else REPO / "scenarios" / f"{name}.yaml"
         for model in args.models:
             study = make_study(path, model, tuple(args.lrs), tuple(args.concurrencies), budgets)
-            runner = Runner(args.workers, times, study.base_dir)
+            runner = Runner(args.workers, times, study.base_dir, None if args.fresh else out / "cache.jsonl")
             try:
                 tuning, choices, runs, curves, targets = run_study(study, runner, tuning_seeds, eval_seeds,
                                                                    calibrate, tune, args, out)
@@ -508,27 +525,29 @@ def run_study(study: Study, runner: Runner, tuning_seeds: tuple[int, ...], eval_
     constants, estimates = estimated_constants(study)
     configs[ARMS[4]] = bound_configs(study, ARMS[4], constants)
     record: dict[str, Any] = {"estimated": constants.to_dict(), "estimates": estimates.to_dict()}
+    # calibrate and tune start from AsyncSGD-best-C as tuned for the largest budget (tune searches
+    # lr in [lr / 10, 10 lr] around its lr); their own pilots and trials run on the tuning seeds
     cid_base, _ = choose(base_tuning, f"accuracy@{horizon:g}", tuning_seeds)
-    base_lr = next(c for c, i in index.items() if i == cid_base).lr
+    start = next(c for c, i in index.items() if i == cid_base)
+    doc = run_document(study.base, start, tuning_seeds[0], horizon)
+    doc["training"]["eval"] = {"every_updates": TOOL_EVAL}
+    scenario = parse_scenario(doc, base_dir=study.base_dir)
     if calibrate is not None:
-        doc = run_document(study.base, next(c for c, i in index.items() if i == cid_base), tuning_seeds[0], horizon)
-        doc["training"]["eval"] = {"every_updates": TOOL_EVAL}
-        scenario = parse_scenario(doc, base_dir=study.base_dir)
         cal = calibrate(scenario, seeds=list(tuning_seeds), workers=args.workers)
         configs[ARMS[5]] = bound_configs(study, ARMS[5], cal.constants)
         record |= {"calibrated": cal.constants.to_dict(), "calibrated_stderr": cal.stderr,
-                   "calibrated_at_lr": base_lr}
+                   "calibrated_at_lr": start.lr}
         print(cal.table(), flush=True)
     if tune is not None:
         first = next(iter(targets.values()))
-        res = tune(study.scenario, out=out / "tune" / f"{study.name}-{study.model}", trials=args.trials,
+        res = tune(scenario, out=out / "tune" / f"{study.name}-{study.model}", trials=args.trials,
                    objective="time", budget=horizon, target=first, seeds=list(tuning_seeds), workers=args.workers,
                    sampler_seed=0)
-        doc = dict(res.best_document)
-        train = doc["training"]
-        configs[ARMS[6]] = [Config(ARMS[6], float(train["algorithm"]["lr"]), int(doc["concurrency"]), (), None,
-                                   doc)]
-        record |= {"tune_best_params": res.best_params, "tune_best_value": res.best_value}
+        best = dict(res.best_document)
+        weights = tuple(float(c.get("routing_weight", 1.0)) for c in best["clients"])
+        configs[ARMS[6]] = [Config(ARMS[6], float(best["training"]["algorithm"]["lr"]), int(best["concurrency"]),
+                                   weights, None, best)]
+        record |= {"tune_best_params": res.best_params, "tune_best_value": res.best_value, "tune_started_at_lr": start.lr}
     (out / f"constants-{study.name}-{study.model}.json").write_text(json.dumps(record, indent=2, default=float))
     # the baseline's time metrics too, now that the targets are fixed (its runs are cached)
     tuning = tuning_frame(study, runner, configs, tuning_seeds, targets, index)
@@ -547,14 +566,13 @@ def run_study(study: Study, runner: Runner, tuning_seeds: tuple[int, ...], eval_
                 sub = part[part["bound_budget"] == b]
             else:
                 sub = part
-            cid, score = choose(sub, metric, tuning_seeds)
+            cid, score = choose(sub, metric, tuning_seeds, tiebreak=f"accuracy@{horizon:g}")
             c = by_id[cid]
             choice_rows.append({"scenario": study.name, "model": study.model, "arm": arm, "metric": metric,
                                 "config": cid, "lr": c.lr, "concurrency": c.concurrency, "bound_budget": c.budget,
                                 "tuning_score": score}
-                               | {f"q[{g.name}]": (x / sum(np.asarray(c.q) * [g.count for g in study.scenario.groups])
-                                                   if c.q else np.nan)
-                                  for g, x in zip(study.scenario.groups, c.q or [np.nan] * len(study.scenario.groups))})
+                               | {f"q[{g.name}]": x / float(np.dot(c.q, [h.count for h in study.scenario.groups]))
+                                  for g, x in zip(study.scenario.groups, c.q)})
     choices = pd.DataFrame(choice_rows)
     # 4. evaluation seeds, each chosen configuration once
     chosen = sorted(set(choices["config"]))
@@ -573,7 +591,7 @@ def run_study(study: Study, runner: Runner, tuning_seeds: tuple[int, ...], eval_
                          "diverged": result["diverged"], "updates": result["updates"],
                          "throughput_run": result["throughput_run"], "throughput_window": result["throughput_window"],
                          "mean_staleness": result["mean_staleness"], "final_train_loss": result["final_train_loss"],
-                         "wall_seconds": result["wall_seconds"]}
+                         "wall_seconds": result["wall_seconds"], "cpu_seconds": result["cpu_seconds"]}
                         | {f"staleness[{g}]": v for g, v in result["staleness"].items()}
                         | metrics_of(curve, times, budgets, targets))
         curve_rows.append(pd.DataFrame({"scenario": study.name, "model": study.model, "config": cid, "seed": seed,
@@ -752,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-calibrated", action="store_true", help="leave out the calibrated arm")
     parser.add_argument("--no-tuned", action="store_true", help="leave out the fedsim tune arm")
     parser.add_argument("--out", default=str(REPO / "results" / "experiment"))
+    parser.add_argument("--fresh", action="store_true",
+                        help="run everything again (default: reuse the runs of --out/cache.jsonl)")
     parser.add_argument("--summarise-only", action="store_true",
                         help="rewrite the summary and figures from the CSV files already in --out")
     args = parser.parse_args(argv)

@@ -58,6 +58,10 @@ def test_choice_of_time_counts_misses_first():
     assert config == 2 and score == pytest.approx(790 / 3)
     never = {(0, s): inf for s in TUNING} | {(1, 101): inf, (1, 102): inf, (1, 103): 500}
     assert ex.choose(frame(never, "time@80%"), "time@80%", TUNING) == (1, 500)
+    # none reaches: the best accuracy at the largest budget decides, not the order
+    nowhere = frame({(c, s): inf for c in range(3) for s in TUNING}, "time@80%")
+    nowhere["accuracy@2000"] = nowhere["config"].map({0: 0.5, 1: 0.7, 2: 0.6})
+    assert ex.choose(nowhere, "time@80%", TUNING, tiebreak="accuracy@2000") == (1, inf)
 
 
 def test_time_to_target_is_the_first_evaluation_reaching_it():
@@ -151,7 +155,7 @@ class FakeRunner:
             rows = np.column_stack([t, np.full_like(t, 1.0), acc])
             out.append({"rows": rows.tolist(), "diverged": False, "updates": 1, "throughput_run": 1.0,
                         "throughput_window": 1.0, "mean_staleness": 0.0, "final_train_loss": 1.0, "staleness": {},
-                        "wall_seconds": 0.0})
+                        "wall_seconds": 0.0, "cpu_seconds": 0.0})
         return out
 
 
