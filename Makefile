@@ -36,9 +36,11 @@ bench: $(STAMP)
 plots: $(STAMP)
 	$(VENV)/bin/fedsim plot $(RESULTS)
 
-# optimised routing and concurrency against AsyncSGD, real training (docs/optimization.md)
+# optimised routing and concurrency against AsyncSGD, every setting at its own tuned step size,
+# real training (docs/optimization.md, "The accuracy experiment"); EXPERIMENT_ARGS adds flags
+# (python analysis/experiment.py --help), e.g. EXPERIMENT_ARGS="--seeds 5 --models mlp"
 experiment: $(STAMP)
-	$(PY) analysis/experiment.py --out results/experiment
+	$(PY) analysis/experiment.py --workers 2 --out results/experiment $(EXPERIMENT_ARGS)
 
 clean:
 	rm -rf results .pytest_cache
