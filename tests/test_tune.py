@@ -133,7 +133,7 @@ from fedsim.tune import search
 
 def slow(requests, done):
     for r in requests:
-        time.sleep(0.01)
+        time.sleep(0.05)  # slow enough that the kill lands mid-study on a loaded machine
         done(r, bowl(r.params, r.seed), 0.0, None)
 
 search(SPACE, slow, {storage!r}, trials=12, seeds=[0, 1, 2], batch=4, startup=4)
