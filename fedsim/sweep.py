@@ -295,6 +295,13 @@ def _parse_targets(raw: Any, base: Mapping[str, Any]) -> tuple[float, ...]:
     return tuple(targets)
 
 
+def time_to_accuracy(curve: pd.DataFrame, target: float) -> float | None:
+    """The simulated time of the first evaluation of a learning curve (training.csv) with test
+    accuracy >= ``target``; None if none reaches it."""
+    reached = curve.loc[curve["test_accuracy"] >= target, "sim_time"]
+    return float(reached.iloc[0]) if len(reached) else None
+
+
 def target_column(target: float) -> str:
     """The results.parquet column of an accuracy target: ``time_to_accuracy_0.75``."""
     return f"time_to_accuracy_{target:g}"
@@ -598,8 +605,7 @@ def cell_rows(cell: Cell, folder: Path, targets: tuple[float, ...] = ()) -> pd.D
     if targets:
         curve = pd.read_csv(folder / CURVE_FILE)
         for target in targets:
-            reached = curve.loc[curve["test_accuracy"] >= target, "sim_time"]
-            scalars[target_column(target)] = float(reached.iloc[0]) if len(reached) else None
+            scalars[target_column(target)] = time_to_accuracy(curve, target)
     head = _cell_columns(cell) | {"status": "ok", "error": None} | ran
     return pd.concat([_repeated(head, len(rows)), rows, _repeated(scalars, len(rows))], axis=1)
 

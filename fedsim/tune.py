@@ -406,14 +406,16 @@ def run_value(files: Mapping[str, bytes], objective: str, budget: float, target:
     test accuracy, or its time to ``target`` (see the module docstring for the penalty)."""
     import pandas as pd
 
+    from fedsim.sweep import time_to_accuracy
+
     summary = json.loads(files["summary.json"])
     if objective == "accuracy":
         accuracy = summary.get("final_accuracy")
         return 0.0 if accuracy is None or not math.isfinite(accuracy) else float(accuracy)
     curve = pd.read_csv(io.BytesIO(files["training.csv"]))
-    reached = curve.loc[curve["test_accuracy"] >= target, "sim_time"]
-    if len(reached):
-        return float(reached.iloc[0])
+    reached = time_to_accuracy(curve, target)
+    if reached is not None:
+        return reached
     best = curve["test_accuracy"].max()
     best = 0.0 if not math.isfinite(best) else float(best)
     return budget * (1.0 + (target - best) / target)
